@@ -1,0 +1,119 @@
+//! What the cache holds: [`CacheKey`] and [`CachedResponse`], and how much each weighs.
+//!
+//! A key is the canonical query plus the identity of the upstream credential that fetched the
+//! answer, and nothing else: no caller name, no caller header, no raw query text, so no caller
+//! can plant an entry that another question would read (cache poisoning), and two upstream
+//! tokens never share an entry. Bodies are `Bytes`: serving a hit copies no body bytes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AGE, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use sha2::{Digest, Sha256};
+
+use super::status::CacheStatus;
+use crate::config::Secret;
+use crate::error::ResponseBody;
+
+/// Fixed bookkeeping per entry (key, Arc, moka's node), counted so that many tiny entries
+/// cannot exceed `cache.max_bytes` by their overhead alone.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// Identifies an upstream credential without holding it: the first 8 bytes of its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CredentialId(u64);
+
+impl CredentialId {
+    pub fn of(token: &Secret) -> Self {
+        let digest = Sha256::digest(token.expose().as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Self(u64::from_be_bytes(first))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    credential: CredentialId,
+    target: Arc<str>,
+}
+
+impl CacheKey {
+    pub fn new(credential: CredentialId, canonical_target: Arc<str>) -> Self {
+        Self {
+            credential,
+            target: canonical_target,
+        }
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// A buffered upstream answer: what the cache stores, and what coalesced waiters share.
+#[derive(Debug, Clone)]
+pub struct CachedResponse {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+    pub stored_at: Instant,
+}
+
+impl CachedResponse {
+    /// moka's weigher: body and key bytes plus a fixed overhead, saturating at `u32::MAX`.
+    pub fn weight(key: &CacheKey, value: &Arc<CachedResponse>) -> u32 {
+        let bytes = value.body.len() + key.target.len() + ENTRY_OVERHEAD;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+
+    /// The response for one caller; `Age` (RFC 9111 §5.1) accompanies answers served from storage.
+    pub fn to_response(&self, status: CacheStatus, now: Instant) -> Response<ResponseBody> {
+        let mut response = Response::new(Full::new(self.body.clone()));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        if let Some(content_type) = &self.content_type {
+            headers.insert(CONTENT_TYPE, content_type.clone());
+        }
+        if status.is_hit() {
+            let age = now.saturating_duration_since(self.stored_at).as_secs();
+            headers.insert(AGE, HeaderValue::from(age));
+        }
+        headers.insert(status.header_name(), status.header_value());
+        response.extensions_mut().insert(status);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn different_credentials_never_share_a_key() {
+        let target: Arc<str> = "/usage?limit=1000".into();
+        let a = CacheKey::new(CredentialId::of(&Secret::new("token-a")), target.clone());
+        let b = CacheKey::new(CredentialId::of(&Secret::new("token-b")), target.clone());
+        let a_again = CacheKey::new(CredentialId::of(&Secret::new("token-a")), target);
+        assert_ne!(a, b);
+        assert_eq!(a, a_again);
+    }
+
+    #[test]
+    fn weight_counts_body_key_and_overhead() {
+        let key = CacheKey::new(CredentialId::of(&Secret::new("t")), "/usage".into());
+        let value = Arc::new(CachedResponse {
+            status: StatusCode::OK,
+            content_type: None,
+            body: Bytes::from(vec![0u8; 1000]),
+            stored_at: Instant::now(),
+        });
+        assert_eq!(
+            CachedResponse::weight(&key, &value) as usize,
+            1000 + "/usage".len() + ENTRY_OVERHEAD
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! Cache decisions as named values: how each answer was produced, for the `Cache-Status`
+//! header (RFC 9211) and the `cache` field of the request's log line alike.
+
+use http::header::{HeaderName, HeaderValue};
+
+/// Name this cache gives itself in `Cache-Status` (RFC 9211 §2).
+pub const CACHE_NAME: &str = "usage-gateway";
+
+/// The `Cache-Status` response header (RFC 9211).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Why an upstream answer was served but not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BypassReason {
+    /// Only 200 answers are stored.
+    UpstreamStatus,
+    /// The upstream said `Cache-Control: no-store` (RFC 9111 §5.2.2.5).
+    NoStore,
+    /// Larger than one entry may be.
+    TooLarge,
+}
+
+impl BypassReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BypassReason::UpstreamStatus => "upstream-status",
+            BypassReason::NoStore => "no-store",
+            BypassReason::TooLarge => "too-large",
+        }
+    }
+}
+
+/// How one answer was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from storage, with this many whole seconds of freshness left.
+    Hit { ttl_secs: u64 },
+    /// This request fetched the answer upstream and stored it.
+    Stored,
+    /// This request waited for another request's identical fetch and shares its answer.
+    Collapsed,
+    /// Fetched upstream (by this request, or by the one it waited for) and not stored.
+    Bypass {
+        reason: BypassReason,
+        collapsed: bool,
+    },
+}
+
+impl CacheStatus {
+    /// The `cache` field of the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Stored => "miss",
+            CacheStatus::Collapsed => "collapsed",
+            CacheStatus::Bypass { .. } => "bypass",
+        }
+    }
+
+    pub fn is_hit(self) -> bool {
+        matches!(self, CacheStatus::Hit { .. })
+    }
+
+    pub fn header_name(self) -> HeaderName {
+        CACHE_STATUS.clone()
+    }
+
+    /// The `Cache-Status` value, as RFC 9211 §2 spells its parameters.
+    pub fn header_value(self) -> HeaderValue {
+        let text = match self {
+            CacheStatus::Hit { ttl_secs } => format!("{CACHE_NAME}; hit; ttl={ttl_secs}"),
+            CacheStatus::Stored => format!("{CACHE_NAME}; fwd=miss; stored"),
+            CacheStatus::Collapsed => format!("{CACHE_NAME}; fwd=miss; collapsed"),
+            CacheStatus::Bypass {
+                reason,
+                collapsed: false,
+            } => format!("{CACHE_NAME}; fwd=miss; detail={}", reason.as_str()),
+            CacheStatus::Bypass {
+                reason,
+                collapsed: true,
+            } => format!(
+                "{CACHE_NAME}; fwd=miss; collapsed; detail={}",
+                reason.as_str()
+            ),
+        };
+        HeaderValue::try_from(text).expect("Cache-Status values are built from ASCII tokens")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_follow_rfc_9211() {
+        // (status, header value) — one row per outcome.
+        let rows = [
+            (
+                CacheStatus::Hit { ttl_secs: 42 },
+                "usage-gateway; hit; ttl=42",
+            ),
+            (CacheStatus::Stored, "usage-gateway; fwd=miss; stored"),
+            (CacheStatus::Collapsed, "usage-gateway; fwd=miss; collapsed"),
+            (
+                CacheStatus::Bypass {
+                    reason: BypassReason::UpstreamStatus,
+                    collapsed: false,
+                },
+                "usage-gateway; fwd=miss; detail=upstream-status",
+            ),
+            (
+                CacheStatus::Bypass {
+                    reason: BypassReason::NoStore,
+                    collapsed: true,
+                },
+                "usage-gateway; fwd=miss; collapsed; detail=no-store",
+            ),
+        ];
+        for (status, value) in rows {
+            assert_eq!(status.header_value(), value);
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The one error type of the request path and the one place it becomes a response.
+//!
+//! Every layer returns `Err(GatewayError)`; [`respond`] (installed once, in `stack.rs`) turns it
+//! into `{"error": "<snake_case_code>", "message": "..."}`. Where an error came from decides its
+//! status: the caller's fault is 4xx, the upstream's 502/503/504, ours 500. Messages of 5xx
+//! answers are generic; the detail, with its source chain, is logged here and only here.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{ready, Either, Map, Ready};
+use futures_util::FutureExt;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use tower::{Layer, Service};
+
+/// The body type of every response the gateway writes.
+pub type ResponseBody = Full<Bytes>;
+
+/// A cheaply clonable error source: coalesced waiters share one failed fetch.
+pub type SharedSource = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// The JSON content type of every body the gateway writes itself.
+pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// A caller's request the gateway refuses to forward: which parameter, and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRequest {
+    /// Snake-case code in the upstream's `<field>_invalid` convention.
+    pub code: &'static str,
+    /// What was wrong and what is accepted instead.
+    pub message: String,
+}
+
+impl InvalidRequest {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("invalid request: {0}")]
+    InvalidRequest(InvalidRequest),
+    #[error("the upstream refused the gateway's credential (HTTP {status})")]
+    UpstreamAuthFailed { status: StatusCode },
+    #[error("the upstream rate limit is exhausted")]
+    UpstreamRateLimited { retry_after: Duration },
+    #[error("the upstream answered HTTP {status}")]
+    UpstreamStatus { status: StatusCode },
+    #[error("the upstream did not answer within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("the upstream request failed")]
+    UpstreamUnavailable(#[source] SharedSource),
+    #[error("the upstream response was unusable: {reason}")]
+    UpstreamInvalidResponse { reason: &'static str },
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl GatewayError {
+    pub fn upstream_unavailable(source: impl StdError + Send + Sync + 'static) -> Self {
+        Self::UpstreamUnavailable(Arc::new(source))
+    }
+
+    /// The HTTP status: an exhaustive match, so a new variant must choose one.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UpstreamAuthFailed { .. }
+            | Self::UpstreamStatus { .. }
+            | Self::UpstreamUnavailable(_)
+            | Self::UpstreamInvalidResponse { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamRateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error` field: snake_case, in the upstream's own convention.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidRequest(invalid) => invalid.code,
+            Self::UpstreamAuthFailed { .. } => "upstream_auth_failed",
+            Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            Self::UpstreamStatus { .. } => "upstream_error",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::UpstreamUnavailable(_) => "upstream_unavailable",
+            Self::UpstreamInvalidResponse { .. } => "upstream_invalid_response",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The `message` field. Server-side failures say what the caller can do, never the detail.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Unauthorized => "a valid API key is required: send `Authorization: Bearer <key>`, `Authorization: <key>` or `X-API-Key: <key>`".into(),
+            Self::NotFound => "no such endpoint: the gateway serves GET /usage, GET /usage/{sim_id} and GET /usage/tag-total/{tag_id}".into(),
+            Self::MethodNotAllowed => "only GET is allowed on this endpoint".into(),
+            Self::InvalidRequest(invalid) => invalid.message.clone(),
+            Self::UpstreamAuthFailed { .. } => "the upstream API refused the gateway's own credential; this is a gateway configuration problem, not the caller's".into(),
+            Self::UpstreamRateLimited { retry_after } => format!(
+                "the upstream API's rate limit is exhausted; retry after {} seconds",
+                retry_after.as_secs()
+            ),
+            Self::UpstreamStatus { .. } => "the upstream API failed to answer; try again later".into(),
+            Self::UpstreamTimeout(_) => "the upstream API did not answer in time; try again later".into(),
+            Self::UpstreamUnavailable(_) => "the upstream API could not be reached; try again later".into(),
+            Self::UpstreamInvalidResponse { .. } => "the upstream API sent a response the gateway could not use; try again later".into(),
+            Self::Internal(_) => "the gateway failed to handle the request".into(),
+        }
+    }
+
+    /// The JSON response for this error, with the headers its status calls for.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let status = self.status();
+        let body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, JSON);
+        match self {
+            // RFC 9110 §11.6.1: a 401 carries a challenge.
+            Self::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // RFC 9110 §15.5.6: a 405 lists the allowed methods.
+            Self::MethodNotAllowed => {
+                headers.insert(ALLOW, HeaderValue::from_static("GET"));
+            }
+            Self::UpstreamRateLimited { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The error boundary: the only place an error becomes a response and a 5xx is logged.
+pub fn respond(result: Result<Response<ResponseBody>, GatewayError>) -> Response<ResponseBody> {
+    result.unwrap_or_else(|error| {
+        if error.status().is_server_error() {
+            tracing::warn!(error = %ErrorChain(&error), code = error.code(), "request failed");
+        }
+        error.to_response()
+    })
+}
+
+/// Installs [`respond`] around a stack whose layers fail with `GatewayError`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorBoundaryLayer;
+
+impl<S> Layer<S> for ErrorBoundaryLayer {
+    type Service = ErrorBoundary<S>;
+
+    fn layer(&self, inner: S) -> ErrorBoundary<S> {
+        ErrorBoundary {
+            inner,
+            not_ready: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ErrorBoundary<S> {
+    inner: S,
+    /// An error from the inner `poll_ready`, answered to the next call.
+    not_ready: Option<GatewayError>,
+}
+
+impl<S, R> Service<R> for ErrorBoundary<S>
+where
+    S: Service<R, Response = Response<ResponseBody>, Error = GatewayError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future =
+        Either<Ready<Result<Response<ResponseBody>, Infallible>>, Map<S::Future, OkRespond>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.not_ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(error)) => {
+                self.not_ready = Some(error);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        match self.not_ready.take() {
+            Some(error) => Either::Left(ready(Ok(respond(Err(error))))),
+            None => Either::Right(self.inner.call(request).map(ok_respond as OkRespond)),
+        }
+    }
+}
+
+/// `respond` as the boundary's future adapter (a fn pointer keeps the future type nameable).
+type OkRespond =
+    fn(Result<Response<ResponseBody>, GatewayError>) -> Result<Response<ResponseBody>, Infallible>;
+
+fn ok_respond(
+    result: Result<Response<ResponseBody>, GatewayError>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    Ok(respond(result))
+}
+
+/// Displays an error with its whole `source()` chain, for the one log line.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(response: Response<ResponseBody>) -> serde_json::Value {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("infallible body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).expect("error bodies are JSON")
+    }
+
+    #[tokio::test]
+    async fn every_error_is_one_json_shape() {
+        let errors = [
+            GatewayError::Unauthorized,
+            GatewayError::NotFound,
+            GatewayError::MethodNotAllowed,
+            GatewayError::InvalidRequest(InvalidRequest::new("limit_invalid", "bad limit")),
+            GatewayError::UpstreamAuthFailed {
+                status: StatusCode::FORBIDDEN,
+            },
+            GatewayError::UpstreamRateLimited {
+                retry_after: Duration::from_secs(7),
+            },
+            GatewayError::UpstreamStatus {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+            },
+            GatewayError::UpstreamTimeout(Duration::from_secs(1)),
+            GatewayError::upstream_unavailable(std::io::Error::other("refused")),
+            GatewayError::UpstreamInvalidResponse { reason: "too big" },
+            GatewayError::Internal("bug"),
+        ];
+        for error in errors {
+            let response = error.to_response();
+            assert_eq!(response.status(), error.status());
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            let body = body_json(response).await;
+            assert_eq!(body["error"], error.code());
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+
+    #[test]
+    fn status_follows_who_is_at_fault() {
+        // (error, status) — the caller's fault is 4xx, the upstream's 5xx.
+        let table = [
+            (GatewayError::Unauthorized, 401),
+            (GatewayError::NotFound, 404),
+            (GatewayError::MethodNotAllowed, 405),
+            (
+                GatewayError::InvalidRequest(InvalidRequest::new("x_invalid", "x")),
+                400,
+            ),
+            (
+                GatewayError::UpstreamAuthFailed {
+                    status: StatusCode::UNAUTHORIZED,
+                },
+                502,
+            ),
+            (
+                GatewayError::UpstreamRateLimited {
+                    retry_after: Duration::ZERO,
+                },
+                503,
+            ),
+            (GatewayError::UpstreamTimeout(Duration::ZERO), 504),
+            (GatewayError::Internal("x"), 500),
+        ];
+        for (error, status) in table {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+        }
+    }
+
+    #[test]
+    fn protocol_headers_accompany_their_statuses() {
+        let unauthorized = GatewayError::Unauthorized.to_response();
+        assert_eq!(unauthorized.headers()[WWW_AUTHENTICATE], "Bearer");
+        let not_allowed = GatewayError::MethodNotAllowed.to_response();
+        assert_eq!(not_allowed.headers()[ALLOW], "GET");
+        let limited = GatewayError::UpstreamRateLimited {
+            retry_after: Duration::from_secs(12),
+        }
+        .to_response();
+        assert_eq!(limited.headers()[RETRY_AFTER], "12");
+    }
+
+    #[test]
+    fn server_errors_hide_their_detail() {
+        let error = GatewayError::upstream_unavailable(std::io::Error::other("10.1.2.3 refused"));
+        assert!(!error.message().contains("10.1.2.3"));
+        assert!(ErrorChain(&error).to_string().contains("10.1.2.3 refused"));
+    }
+}

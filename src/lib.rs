@@ -1,0 +1,40 @@
+//! usage-gateway: a caching gateway in front of the Onomondo usage API.
+//!
+//! Internal services call it with their own keys; it answers repeats from memory, turns
+//! identical concurrent misses into one upstream call, and sends misses upstream with the
+//! organization's token. See `stack.rs` for the request's way through.
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod normalize;
+pub mod query;
+pub mod server;
+pub mod sim;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// Runs the gateway on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let service = stack::build(&config)?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        upstream = %config.upstream.base_url,
+        callers = config.callers.len(),
+        "usage-gateway listening"
+    );
+    server::serve(listener, service, shutdown).await
+}

@@ -1,0 +1,174 @@
+//! The `usage-gateway` command: run the gateway, check a configuration, hash a caller key, or
+//! start a self-contained demo.
+
+// Printing to stdout is this command's interface (summaries, hashes, demo instructions);
+// the library logs through tracing instead.
+#![allow(clippy::print_stdout)]
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use usage_gateway::config::{hash_key, Config};
+
+/// Exit status for a configuration that cannot be used (sysexits.h `EX_USAGE`).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Caching gateway in front of the Onomondo usage API")]
+struct Cli {
+    /// Configuration file (TOML); `USAGE_GATEWAY__SECTION__KEY` variables override it.
+    #[arg(long, global = true, env = "USAGE_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and print a summary without secrets.
+    Check,
+    /// Read a caller key on stdin and print the hex SHA-256 for `key_sha256`.
+    HashKey,
+    /// Start the built-in upstream simulator and the gateway in front of it, on loopback.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::Check => check(cli.config),
+        Command::HashKey => hash_stdin(),
+        Command::Demo { listen } => demo(listen),
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.as_deref()).map_err(|error| {
+        eprintln!("usage-gateway: {error}");
+        if path.is_none() {
+            eprintln!("usage-gateway: no --config given; see config/gateway.example.toml, or try `usage-gateway demo`");
+        }
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("usage-gateway: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
+fn run(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    usage_gateway::telemetry::init();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(address = %config.server.listen, %error, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        match usage_gateway::run(config, listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "the gateway stopped with an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    match Config::load(path.as_deref()) {
+        Ok(config) => {
+            println!("configuration is valid\n{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("usage-gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_stdin() -> ExitCode {
+    let mut key = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut key) {
+        eprintln!("usage-gateway: cannot read the key from stdin: {error}");
+        return ExitCode::FAILURE;
+    }
+    let key = key.trim_end_matches(['\r', '\n']);
+    if key.is_empty() {
+        eprintln!(
+            "usage-gateway: no key on stdin (try: printf '%s' \"$KEY\" | usage-gateway hash-key)"
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("{}", hash_key(key));
+    ExitCode::SUCCESS
+}
+
+fn demo(listen: SocketAddr) -> ExitCode {
+    usage_gateway::telemetry::init();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let demo = match usage_gateway::demo::Demo::start(listen).await {
+            Ok(demo) => demo,
+            Err(error) => {
+                eprintln!("usage-gateway: the demo could not start: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", demo.instructions());
+        shutdown_signal().await;
+        demo.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,138 @@
+//! `NormalizeLayer`: only well-formed usage questions get past, as a canonical [`UsageQuery`]
+//! in the request extensions.
+//!
+//! Unknown paths are 404, other methods on the usage paths 405, and malformed queries 400
+//! naming the parameter: none of them reaches the cache or the upstream. The parsing itself is
+//! the pure `query` module; this file is the glue.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready};
+use http::{Method, Request, Response};
+use tower::{Layer, Service};
+
+use crate::error::{GatewayError, ResponseBody};
+use crate::query::UsageQuery;
+
+#[derive(Debug, Clone, Default)]
+pub struct NormalizeLayer;
+
+impl<S> Layer<S> for NormalizeLayer {
+    type Service = Normalize<S>;
+
+    fn layer(&self, inner: S) -> Normalize<S> {
+        Normalize { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Normalize<S> {
+    inner: S,
+}
+
+/// What the request asks, or why it is refused. Pure, so it is tested without a service.
+pub fn classify<B>(request: &Request<B>) -> Result<UsageQuery, GatewayError> {
+    let uri = request.uri();
+    let query = UsageQuery::parse(uri.path(), uri.query())
+        .map_err(GatewayError::InvalidRequest)?
+        .ok_or(GatewayError::NotFound)?;
+    if request.method() != Method::GET {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    Ok(query)
+}
+
+impl<S, B> Service<Request<B>> for Normalize<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = GatewayError;
+    type Future = Either<Ready<Result<Response<ResponseBody>, GatewayError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The method is checked after the path so that an unknown path is 404 whatever the method.
+        match classify(&request) {
+            Ok(query) => {
+                tracing::Span::current().record("route", query.route().name());
+                request.extensions_mut().insert(query);
+                Either::Right(self.inner.call(request))
+            }
+            Err(error) => Either::Left(futures_util::future::ready(Err(error))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    fn request(method: Method, target: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn classify_answers_each_kind_of_request() {
+        // (method, target, expected status or canonical target)
+        let rows = [
+            (Method::GET, "/usage?limit=5", Ok("/usage?limit=5")),
+            (Method::GET, "/nope", Err(404)),
+            (Method::POST, "/nope", Err(404)),
+            (Method::POST, "/usage", Err(405)),
+            (Method::DELETE, "/usage/000000001", Err(405)),
+            (Method::HEAD, "/usage", Err(405)),
+            (Method::GET, "/usage?limit=0", Err(400)),
+        ];
+        for (method, target, expected) in rows {
+            let got = classify(&request(method.clone(), target))
+                .map(|q| q.canonical().to_owned())
+                .map_err(|e| e.status().as_u16());
+            assert_eq!(got, expected.map(str::to_owned), "{method} {target}");
+        }
+    }
+
+    #[tokio::test]
+    async fn inner_service_sees_the_canonical_query() {
+        let service = ServiceBuilder::new()
+            .layer(NormalizeLayer)
+            .service(service_fn(|request: Request<()>| async move {
+                let query = request.extensions().get::<UsageQuery>().cloned();
+                let canonical = query.map(|q| q.canonical().to_owned()).unwrap_or_default();
+                Ok::<_, GatewayError>(Response::new(ResponseBody::from(canonical)))
+            }));
+        let response = service
+            .oneshot(request(Method::GET, "/usage?filter=TIME:2024&limit=010"))
+            .await
+            .expect("valid");
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"/usage?filter=time:2024&limit=10");
+    }
+
+    #[tokio::test]
+    async fn refused_requests_never_reach_the_inner_service() {
+        let service = ServiceBuilder::new()
+            .layer(NormalizeLayer)
+            .service(service_fn(|_: Request<()>| async {
+                panic!("the inner service must not be called");
+                #[allow(unreachable_code)]
+                Ok::<Response<ResponseBody>, GatewayError>(Response::default())
+            }));
+        let error = service
+            .oneshot(request(Method::GET, "/usage?filter=colour:red"))
+            .await
+            .expect_err("refused");
+        assert_eq!(error.code(), "filter_invalid");
+    }
+}

@@ -1,0 +1,109 @@
+//! The organization token and caller keys appear in no response and no log line, at any level.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use support::{get, send, start, Reply, BILLING_KEY, OPS_KEY, ORG_TOKEN};
+
+/// Everything every subscriber in this test binary writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    })
+}
+
+fn assert_no_secret(text: &str, place: &str) {
+    for secret in [ORG_TOKEN, BILLING_KEY, OPS_KEY] {
+        assert!(!text.contains(secret), "{place} contains a secret: {text}");
+    }
+}
+
+#[tokio::test]
+async fn no_secret_in_any_response_or_log_line() {
+    let logs = captured();
+    let (upstream, gateway) = start().await;
+    let auth = format!("Bearer {BILLING_KEY}");
+    let mut answers = Vec::new();
+
+    // Success, miss then hit.
+    answers.push(get(&gateway, "/usage").await);
+    answers.push(get(&gateway, "/usage").await);
+    // Every kind of refusal and failure.
+    answers.push(
+        send(
+            &gateway,
+            "GET",
+            "/usage",
+            &[("authorization", "Bearer wrong")],
+        )
+        .await,
+    );
+    answers.push(
+        send(
+            &gateway,
+            "GET",
+            "/usage",
+            &[("x-api-key", OPS_KEY), ("authorization", &auth)],
+        )
+        .await,
+    );
+    answers.push(send(&gateway, "POST", "/usage", &[("authorization", &auth)]).await);
+    answers.push(get(&gateway, "/usage?filter=time:nope").await);
+    for status in [401, 429, 500] {
+        upstream.script(move |_, _| Reply::json(status, "{}"));
+        answers.push(get(&gateway, &format!("/usage?limit={status}")).await);
+    }
+    // The upstream echoing the credentials it received back in its body and headers must
+    // not matter either: 4xx bodies pass through, so the gateway must never have sent them.
+    upstream.script(|request, _| {
+        let received = request.headers["authorization"]
+            .to_str()
+            .unwrap_or_default();
+        Reply::json(
+            404,
+            format!(r#"{{"error":"sim_not_found","len":{}}}"#, received.len()),
+        )
+    });
+    answers.push(get(&gateway, "/usage/000000001").await);
+    gateway.stop().await;
+
+    for answer in &answers {
+        assert_no_secret(&answer.body, "a response body");
+        for (name, value) in &answer.headers {
+            assert_no_secret(value.to_str().unwrap_or_default(), name.as_str());
+        }
+    }
+    let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("UTF-8 logs");
+    assert!(
+        logs.contains("request finished"),
+        "logs were captured: {logs}"
+    );
+    assert!(
+        logs.contains("caller=billing") || logs.contains("caller=\"billing\""),
+        "{logs}"
+    );
+    assert_no_secret(&logs, "the log");
+}

@@ -1,0 +1,308 @@
+//! Test support: a scriptable, counting fake upstream and the real gateway, both on
+//! `127.0.0.1:0`, and a small client.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use usage_gateway::config::{hash_key, Config};
+
+pub const ORG_TOKEN: &str = "org-secret-token-7c1f";
+pub const BILLING_KEY: &str = "billing-key-3b9a";
+pub const OPS_KEY: &str = "ops-key-51de";
+
+/// What the fake upstream saw.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: http::Method,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            headers: vec![("content-type", "application/json; charset=utf-8".into())],
+            body: body.into(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+type Script = dyn Fn(&Recorded, usize) -> Reply + Send + Sync;
+
+struct State {
+    calls: AtomicUsize,
+    requests: Mutex<Vec<Recorded>>,
+    script: Mutex<Arc<Script>>,
+    /// While `Some`, every request waits for a permit before answering.
+    gate: Mutex<Option<Arc<Semaphore>>>,
+}
+
+/// The default answer: 200 with a body naming the request target and the call number, so a
+/// test can tell which upstream call produced what a caller got.
+pub fn echo(request: &Recorded, n: usize) -> Reply {
+    Reply::json(
+        200,
+        serde_json::json!({ "usage": [], "target": request.target, "call": n }).to_string(),
+    )
+}
+
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    _stop: watch::Sender<bool>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(State {
+            calls: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+            script: Mutex::new(Arc::new(echo)),
+            gate: Mutex::new(None),
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let serving = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => continue,
+                    },
+                    _ = stopped.changed() => return,
+                };
+                let state = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            state,
+            _stop: stop,
+        }
+    }
+
+    /// Replaces how requests are answered.
+    pub fn script(&self, script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) {
+        *self.state.script.lock().expect("lock") = Arc::new(script);
+    }
+
+    /// From now on, requests wait until [`FakeUpstream::release`] lets them answer.
+    pub fn hold(&self) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        *self.state.gate.lock().expect("lock") = Some(gate.clone());
+        gate
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// Waits (bounded) until the upstream has received `n` requests.
+    pub async fn wait_for_calls(&self, n: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.calls() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the upstream call arrived in time");
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let recorded = Recorded {
+        method: request.method().clone(),
+        target: request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_default(),
+        headers: request.headers().clone(),
+    };
+    state.requests.lock().expect("lock").push(recorded.clone());
+    let n = state.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let gate = state.gate.lock().expect("lock").clone();
+    if let Some(gate) = gate {
+        let permit = gate.acquire().await.expect("gate stays open");
+        permit.forget();
+    }
+    let script = state.script.lock().expect("lock").clone();
+    let reply = script(&recorded, n);
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = reply.status;
+    for (name, value) in reply.headers {
+        response
+            .headers_mut()
+            .append(name, value.parse().expect("valid header value"));
+    }
+    response
+}
+
+/// A configuration with two callers (billing by hash, ops by plain key) pointing at `base_url`.
+pub fn config(base_url: &str) -> Config {
+    Config::from_toml(&format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [upstream]
+        base_url = "{base_url}"
+        token = "{ORG_TOKEN}"
+        timeout_ms = 2000
+        [[callers]]
+        name = "billing"
+        key_sha256 = "{billing}"
+        [[callers]]
+        name = "ops"
+        key = "{OPS_KEY}"
+        "#,
+        billing = hash_key(BILLING_KEY),
+    ))
+    .expect("test config is valid")
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            usage_gateway::run(config, listener, shutdown)
+                .await
+                .expect("the gateway runs");
+        });
+        Gateway { addr, stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    pub fn url(&self, target: &str) -> String {
+        format!("http://{}{}", self.addr, target)
+    }
+}
+
+/// A fake upstream and a gateway in front of it.
+pub async fn start() -> (FakeUpstream, Gateway) {
+    let upstream = FakeUpstream::start().await;
+    let gateway = Gateway::start(config(&upstream.base_url())).await;
+    (upstream, gateway)
+}
+
+/// What a caller got.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("the body is JSON")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends `method target` with `headers` to the gateway.
+pub async fn send(
+    gateway: &Gateway,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut builder = Request::builder().method(method).uri(gateway.url(target));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Empty::<Bytes>::new()).expect("valid request");
+    let response = client()
+        .request(request)
+        .await
+        .expect("the gateway answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+    }
+}
+
+/// `GET target` as the billing caller.
+pub async fn get(gateway: &Gateway, target: &str) -> Answer {
+    let auth = format!("Bearer {BILLING_KEY}");
+    send(gateway, "GET", target, &[("authorization", &auth)]).await
+}
