@@ -136,12 +136,12 @@ impl Demo {
              \n\
              \nTry these (run the first one twice: the second answer comes from the cache):\
              \n\
-             \n  curl -si {auth} '{base}/usage?limit=2'\
-             \n  curl -s  {auth} '{base}/usage?filter[]=country_code:DK&filter[]=time:2024-02&limit=3'\
-             \n  curl -s  {auth} '{base}/usage/{sim}?filter=time:2024-03-01&group=hours&limit=5'\
-             \n  curl -s  {auth} '{base}/usage/tag-total/{tag}'\
-             \n  curl -s  {auth} '{base}/usage?limit=5000'      # a 400 naming the problem\
-             \n  curl -s  '{base}/usage'                          # a 401: no key\
+             \n  curl -gsi {auth} '{base}/usage?limit=2'\
+             \n  curl -gs  {auth} '{base}/usage?filter[]=country_code:DK&filter[]=time:2024-02&limit=3'\
+             \n  curl -gs  {auth} '{base}/usage/{sim}?filter=time:2024-03-01&group=hours&limit=5'\
+             \n  curl -gs  {auth} '{base}/usage/tag-total/{tag}'\
+             \n  curl -gs  {auth} '{base}/usage?limit=5000'      # a 400 naming the problem\
+             \n  curl -gs  '{base}/usage'                          # a 401: no key\
              \n\
              \nPress Ctrl-C to stop.",
             key = self.caller_key,

@@ -7,25 +7,19 @@
 //! `x-ratelimit-*` headers (unless `--rate-scope off`), and every response is
 //! `application/json; charset=utf-8` with an explicit `Content-Length`.
 //!
-//! `serve` accepts on the given listener with `TCP_NODELAY`, speaks HTTP/1.1 and HTTP/2
-//! (hyper-util's auto builder), and on shutdown stops accepting and lets open connections
-//! finish (bounded by `DRAIN_TIMEOUT`).
+//! `serve` runs the handler on the gateway's own accept loop (`crate::server`): HTTP/1.1 and
+//! HTTP/2, `TCP_NODELAY`, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
@@ -41,7 +35,6 @@ use super::{Inner, Simulator};
 
 pub(crate) type Body = Full<Bytes>;
 
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
 
 /// A JSON response with the headers every simulator response carries.
@@ -367,52 +360,15 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// Serves the simulator on `listener` until `shutdown` completes, then drains open
-/// connections (at most `DRAIN_TIMEOUT`).
+/// connections, with the gateway's own accept loop.
 pub async fn serve(
     sim: Simulator,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(e) => {
-                        // Per-connection failures (aborted handshakes, EMFILE) must not end
-                        // the server; pause briefly so a persistent one cannot spin a core.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-                let inner = Arc::clone(&sim.inner);
-                let svc = service_fn(move |req| handle(Arc::clone(&inner), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout; closing");
-    }
-    Ok(())
+    let inner = sim.inner;
+    let service = tower::service_fn(move |req| handle(Arc::clone(&inner), req));
+    crate::server::serve(listener, service, shutdown).await
 }
 
 #[cfg(test)]
