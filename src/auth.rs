@@ -6,8 +6,9 @@
 //! constant time against every configured caller, so neither timing nor the error tells which
 //! part of a key was right. The key itself goes no further than this file.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, Ready};
 use http::header::AUTHORIZATION;
@@ -18,26 +19,64 @@ use tower::{Layer, Service};
 
 use crate::config::CallerConfig;
 use crate::error::{GatewayError, ResponseBody};
+use crate::upstream::budget::SlidingWindow;
 
 /// The `X-API-Key` header, the third accepted credential form.
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Who is calling: inserted by [`Auth`], read by inner layers and the trace span.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub name: Arc<str>,
+    pub policy: Arc<CallerPolicy>,
+}
+
+/// What a caller may do beyond asking: its own upstream quota and forced refreshes.
+#[derive(Debug)]
+pub struct CallerPolicy {
+    /// `Cache-Control: no-cache` from this caller forces an upstream fetch.
+    pub allow_refresh: bool,
+    /// Upstream calls this caller may cause per minute; `None` is no quota.
+    quota: Option<Mutex<SlidingWindow>>,
+}
+
+impl CallerPolicy {
+    pub fn new(config: &CallerConfig) -> Self {
+        Self {
+            allow_refresh: config.allow_refresh,
+            quota: config
+                .upstream_per_minute
+                .map(|n| Mutex::new(SlidingWindow::new(n as usize, Duration::from_secs(60)))),
+        }
+    }
+
+    /// Charges one upstream call to this caller, or says how long until its quota allows one.
+    pub fn charge_upstream_call(&self) -> Result<(), Duration> {
+        let Some(quota) = &self.quota else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        quota
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_take(now)
+            .map_err(|free_at| free_at.saturating_duration_since(now))
+    }
 }
 
 /// The configured callers, by key hash.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
-    callers: Arc<[CallerConfig]>,
+    callers: Arc<[(CallerConfig, Arc<CallerPolicy>)]>,
 }
 
 impl KeyStore {
     pub fn new(callers: &[CallerConfig]) -> Self {
         Self {
-            callers: callers.into(),
+            callers: callers
+                .iter()
+                .map(|caller| (caller.clone(), Arc::new(CallerPolicy::new(caller))))
+                .collect(),
         }
     }
 
@@ -45,10 +84,11 @@ impl KeyStore {
     pub fn identify(&self, presented: &[u8]) -> Option<Caller> {
         let hash: [u8; 32] = Sha256::digest(presented).into();
         let mut found = None;
-        for caller in self.callers.iter() {
+        for (caller, policy) in self.callers.iter() {
             if bool::from(caller.key_sha256.ct_eq(&hash)) {
                 found = Some(Caller {
                     name: caller.name.clone(),
+                    policy: policy.clone(),
                 });
             }
         }
@@ -157,6 +197,8 @@ mod tests {
                 .expect("hex")
                 .try_into()
                 .expect("32 bytes"),
+            upstream_per_minute: (name == "ops").then_some(2),
+            allow_refresh: false,
         };
         KeyStore::new(&[caller("billing", "key-billing"), caller("ops", "key-ops")])
     }
@@ -207,8 +249,23 @@ mod tests {
             keys.identify(b"key-billing").map(|c| c.name),
             Some("billing".into())
         );
-        assert_eq!(keys.identify(b"key-nobody"), None);
-        assert_eq!(keys.identify(b"key-ops "), None);
+        assert!(keys.identify(b"key-nobody").is_none());
+        assert!(keys.identify(b"key-ops ").is_none());
+    }
+
+    #[test]
+    fn a_quota_allows_its_calls_per_minute_and_then_says_when() {
+        let keys = store();
+        let ops = keys.identify(b"key-ops").expect("ops");
+        assert_eq!(ops.policy.charge_upstream_call(), Ok(()));
+        assert_eq!(ops.policy.charge_upstream_call(), Ok(()));
+        let wait = ops.policy.charge_upstream_call().expect_err("spent");
+        assert!(wait > Duration::from_secs(59), "{wait:?}");
+        // Callers without a quota are never refused.
+        let billing = keys.identify(b"key-billing").expect("billing");
+        for _ in 0..1000 {
+            assert_eq!(billing.policy.charge_upstream_call(), Ok(()));
+        }
     }
 
     #[tokio::test]

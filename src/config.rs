@@ -21,6 +21,16 @@ pub const DEFAULT_BASE_URL: &str = "https://api.onomondo.com";
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_TTL_SECS: u64 = 60;
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u64 = 600;
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_MAX_CONCURRENCY: u64 = 16;
+pub const DEFAULT_RETRIES: u64 = 1;
+pub const DEFAULT_BREAKER_FAILURES: u64 = 5;
+pub const DEFAULT_BREAKER_COOLDOWN_SECS: u64 = 10;
+pub const DEFAULT_STALE_WHILE_REVALIDATE_SECS: u64 = 30;
+pub const DEFAULT_STALE_IF_ERROR_SECS: u64 = 3_600;
+pub const DEFAULT_LATE_DATA_GRACE_SECS: u64 = 172_800;
+pub const DEFAULT_CLOSED_PERIOD_TTL_SECS: u64 = 86_400;
 
 // === raw, as written ===
 
@@ -51,6 +61,12 @@ struct RawUpstream {
     token_file: Option<PathBuf>,
     auth_scheme: Option<AuthScheme>,
     timeout_ms: Option<u64>,
+    rate_limit_per_minute: Option<u64>,
+    queue_timeout_ms: Option<u64>,
+    max_concurrency: Option<u64>,
+    retries: Option<u64>,
+    breaker_failures: Option<u64>,
+    breaker_cooldown_secs: Option<u64>,
 }
 
 impl fmt::Debug for RawUpstream {
@@ -61,7 +77,7 @@ impl fmt::Debug for RawUpstream {
             .field("token_file", &self.token_file)
             .field("auth_scheme", &self.auth_scheme)
             .field("timeout_ms", &self.timeout_ms)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,6 +86,10 @@ impl fmt::Debug for RawUpstream {
 struct RawCache {
     ttl_secs: Option<u64>,
     max_bytes: Option<u64>,
+    stale_while_revalidate_secs: Option<u64>,
+    stale_if_error_secs: Option<u64>,
+    late_data_grace_secs: Option<u64>,
+    closed_period_ttl_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +98,8 @@ struct RawCaller {
     name: Option<String>,
     key_sha256: Option<String>,
     key: Option<String>,
+    upstream_per_minute: Option<u64>,
+    allow_refresh: Option<bool>,
 }
 
 impl fmt::Debug for RawCaller {
@@ -143,12 +165,30 @@ pub struct UpstreamConfig {
     pub auth_scheme: AuthScheme,
     /// Bounds the whole exchange: connect, headers and body.
     pub timeout: Duration,
+    /// Never more upstream calls than this in any 60-second window.
+    pub rate_limit_per_minute: u32,
+    /// How long a miss may wait for budget (and a concurrency slot).
+    pub queue_timeout: Duration,
+    pub max_concurrency: u32,
+    /// Extra attempts after a connection error or a 502/503/504.
+    pub retries: u32,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub ttl: Duration,
     pub max_bytes: u64,
+    /// An entry expired less than this long ago is served while one refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// An entry expired less than this long ago is served when the upstream fails.
+    pub stale_if_error: Duration,
+    /// A period counts as closed only this long after it ended (late usage records).
+    pub late_data_grace: Duration,
+    /// Lifetime of answers about closed periods only.
+    pub closed_period_ttl: Duration,
 }
 
 #[derive(Clone)]
@@ -156,12 +196,18 @@ pub struct CallerConfig {
     pub name: Arc<str>,
     /// SHA-256 of the caller's key; the key itself is never kept.
     pub key_sha256: [u8; 32],
+    /// The caller's own quota of upstream calls per minute (hits are free).
+    pub upstream_per_minute: Option<u32>,
+    /// Whether `Cache-Control: no-cache` from this caller forces an upstream fetch.
+    pub allow_refresh: bool,
 }
 
 impl fmt::Debug for CallerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallerConfig")
             .field("name", &self.name)
+            .field("upstream_per_minute", &self.upstream_per_minute)
+            .field("allow_refresh", &self.allow_refresh)
             .finish_non_exhaustive()
     }
 }
@@ -240,13 +286,22 @@ impl Config {
     pub fn summary(&self) -> String {
         let callers: Vec<&str> = self.callers.iter().map(|c| &*c.name).collect();
         format!(
-            "listen        {}\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\ncache         ttl {:?}, max {} bytes\ncallers       {} ({})",
+            "listen        {}\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\nbudget        {} calls/min, queue {:?}, concurrency {}, retries {}, breaker {} failures / {:?}\ncache         ttl {:?} (closed periods {:?}), max {} bytes, stale-while-revalidate {:?}, stale-if-error {:?}\ncallers       {} ({})",
             self.server.listen,
             self.upstream.base_url,
             self.upstream.auth_scheme,
             self.upstream.timeout,
+            self.upstream.rate_limit_per_minute,
+            self.upstream.queue_timeout,
+            self.upstream.max_concurrency,
+            self.upstream.retries,
+            self.upstream.breaker_failures,
+            self.upstream.breaker_cooldown,
             self.cache.ttl,
+            self.cache.closed_period_ttl,
             self.cache.max_bytes,
+            self.cache.stale_while_revalidate,
+            self.cache.stale_if_error,
             self.callers.len(),
             callers.join(", ")
         )
@@ -350,16 +405,64 @@ fn validate_upstream(raw: RawUpstream, problems: &mut Vec<String>) -> Option<Ups
         }
     });
 
-    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-    if timeout_ms == 0 {
-        problems.push("upstream.timeout_ms: must be at least 1".into());
-    }
+    let mut setting = |value: Option<u64>, default: u64, key: &str, min: u64, max: u64| {
+        bounded(
+            value.unwrap_or(default),
+            &format!("upstream.{key}"),
+            min,
+            max,
+            problems,
+        )
+    };
+    let timeout_ms = setting(raw.timeout_ms, DEFAULT_TIMEOUT_MS, "timeout_ms", 1, 600_000);
+    let rate_limit_per_minute = setting(
+        raw.rate_limit_per_minute,
+        DEFAULT_RATE_LIMIT_PER_MINUTE,
+        "rate_limit_per_minute",
+        1,
+        1_000_000,
+    );
+    let queue_timeout_ms = setting(
+        raw.queue_timeout_ms,
+        DEFAULT_QUEUE_TIMEOUT_MS,
+        "queue_timeout_ms",
+        0,
+        600_000,
+    );
+    let max_concurrency = setting(
+        raw.max_concurrency,
+        DEFAULT_MAX_CONCURRENCY,
+        "max_concurrency",
+        1,
+        10_000,
+    );
+    let retries = setting(raw.retries, DEFAULT_RETRIES, "retries", 0, 5);
+    let breaker_failures = setting(
+        raw.breaker_failures,
+        DEFAULT_BREAKER_FAILURES,
+        "breaker_failures",
+        1,
+        1_000,
+    );
+    let breaker_cooldown_secs = setting(
+        raw.breaker_cooldown_secs,
+        DEFAULT_BREAKER_COOLDOWN_SECS,
+        "breaker_cooldown_secs",
+        1,
+        3_600,
+    );
 
     Some(UpstreamConfig {
         base_url: base_url?,
         token: token?,
         auth_scheme: raw.auth_scheme.unwrap_or(AuthScheme::Raw),
         timeout: Duration::from_millis(timeout_ms),
+        rate_limit_per_minute: narrow(rate_limit_per_minute),
+        queue_timeout: Duration::from_millis(queue_timeout_ms),
+        max_concurrency: narrow(max_concurrency),
+        retries: narrow(retries),
+        breaker_failures: narrow(breaker_failures),
+        breaker_cooldown: Duration::from_secs(breaker_cooldown_secs),
     })
 }
 
@@ -385,19 +488,76 @@ fn parse_base_url(text: &str) -> Result<Uri, &'static str> {
     normalized.parse().map_err(|_| "is not a URL")
 }
 
+/// A whole-year bound on every duration setting, so none can overflow an `Instant`.
+const MAX_SECS: u64 = 366 * 86_400;
+
 fn validate_cache(raw: RawCache, problems: &mut Vec<String>) -> CacheConfig {
-    let ttl_secs = raw.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
-    if ttl_secs == 0 {
-        problems.push("cache.ttl_secs: must be at least 1".into());
-    }
-    let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
-    if max_bytes < 1024 {
-        problems.push("cache.max_bytes: must be at least 1024".into());
-    }
+    let mut secs = |value: Option<u64>, default: u64, key: &str, min: u64| {
+        Duration::from_secs(bounded(
+            value.unwrap_or(default),
+            &format!("cache.{key}"),
+            min,
+            MAX_SECS,
+            problems,
+        ))
+    };
+    let ttl = secs(raw.ttl_secs, DEFAULT_TTL_SECS, "ttl_secs", 1);
+    let stale_while_revalidate = secs(
+        raw.stale_while_revalidate_secs,
+        DEFAULT_STALE_WHILE_REVALIDATE_SECS,
+        "stale_while_revalidate_secs",
+        0,
+    );
+    let stale_if_error = secs(
+        raw.stale_if_error_secs,
+        DEFAULT_STALE_IF_ERROR_SECS,
+        "stale_if_error_secs",
+        0,
+    );
+    let late_data_grace = secs(
+        raw.late_data_grace_secs,
+        DEFAULT_LATE_DATA_GRACE_SECS,
+        "late_data_grace_secs",
+        0,
+    );
+    let closed_period_ttl = secs(
+        raw.closed_period_ttl_secs,
+        DEFAULT_CLOSED_PERIOD_TTL_SECS,
+        "closed_period_ttl_secs",
+        1,
+    );
+    let max_bytes = bounded(
+        raw.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+        "cache.max_bytes",
+        1024,
+        u64::MAX,
+        problems,
+    );
     CacheConfig {
-        ttl: Duration::from_secs(ttl_secs),
+        ttl,
         max_bytes,
+        stale_while_revalidate,
+        stale_if_error,
+        late_data_grace,
+        closed_period_ttl,
     }
+}
+
+/// `value` if it lies in `min..=max`; otherwise a problem naming `key`, and `min`.
+fn bounded(value: u64, key: &str, min: u64, max: u64, problems: &mut Vec<String>) -> u64 {
+    if (min..=max).contains(&value) {
+        value
+    } else {
+        problems.push(format!(
+            "{key}: {value} is out of range: use {min} to {max}"
+        ));
+        min
+    }
+}
+
+/// Narrows a value already bounded well below `u32::MAX`.
+fn narrow(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
 }
 
 fn validate_callers(raw: Vec<RawCaller>, problems: &mut Vec<String>) -> Vec<CallerConfig> {
@@ -462,9 +622,21 @@ fn validate_callers(raw: Vec<RawCaller>, problems: &mut Vec<String>) -> Vec<Call
             ));
             continue;
         }
+        let upstream_per_minute = match caller.upstream_per_minute {
+            None => None,
+            Some(n) if (1..=1_000_000).contains(&n) => Some(narrow(n)),
+            Some(n) => {
+                problems.push(format!(
+                    "{at}.upstream_per_minute: {n} is out of range: use 1 to 1000000, or leave it out for no quota"
+                ));
+                continue;
+            }
+        };
         callers.push(CallerConfig {
             name: name.into(),
             key_sha256: hash,
+            upstream_per_minute,
+            allow_refresh: caller.allow_refresh.unwrap_or(false),
         });
     }
     callers

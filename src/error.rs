@@ -75,6 +75,14 @@ pub enum GatewayError {
     UpstreamUnavailable(#[source] SharedSource),
     #[error("the upstream response was unusable: {reason}")]
     UpstreamInvalidResponse { reason: &'static str },
+    #[error("no upstream budget within the queue timeout")]
+    UpstreamBudgetExhausted { retry_after: Duration },
+    #[error("the upstream circuit breaker is open")]
+    UpstreamCircuitOpen { retry_after: Duration },
+    #[error("the caller's upstream quota is spent")]
+    CallerQuotaExceeded { retry_after: Duration },
+    #[error("only-if-cached and nothing fresh is cached")]
+    NotCached,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -95,8 +103,12 @@ impl GatewayError {
             | Self::UpstreamStatus { .. }
             | Self::UpstreamUnavailable(_)
             | Self::UpstreamInvalidResponse { .. } => StatusCode::BAD_GATEWAY,
-            Self::UpstreamRateLimited { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamRateLimited { .. }
+            | Self::UpstreamBudgetExhausted { .. }
+            | Self::UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CallerQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            // RFC 9111 §5.2.1.7: only-if-cached with nothing stored is a 504.
+            Self::UpstreamTimeout(_) | Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,6 +126,10 @@ impl GatewayError {
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamInvalidResponse { .. } => "upstream_invalid_response",
+            Self::UpstreamBudgetExhausted { .. } => "upstream_budget_exhausted",
+            Self::UpstreamCircuitOpen { .. } => "upstream_circuit_open",
+            Self::CallerQuotaExceeded { .. } => "caller_quota_exceeded",
+            Self::NotCached => "not_cached",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -128,12 +144,25 @@ impl GatewayError {
             Self::UpstreamAuthFailed { .. } => "the upstream API refused the gateway's own credential; this is a gateway configuration problem, not the caller's".into(),
             Self::UpstreamRateLimited { retry_after } => format!(
                 "the upstream API's rate limit is exhausted; retry after {} seconds",
-                retry_after.as_secs()
+                whole_secs(*retry_after)
             ),
             Self::UpstreamStatus { .. } => "the upstream API failed to answer; try again later".into(),
             Self::UpstreamTimeout(_) => "the upstream API did not answer in time; try again later".into(),
             Self::UpstreamUnavailable(_) => "the upstream API could not be reached; try again later".into(),
             Self::UpstreamInvalidResponse { .. } => "the upstream API sent a response the gateway could not use; try again later".into(),
+            Self::UpstreamBudgetExhausted { retry_after } => format!(
+                "the organization's upstream call budget is spent and this answer is not cached; retry after {} seconds",
+                whole_secs(*retry_after)
+            ),
+            Self::UpstreamCircuitOpen { retry_after } => format!(
+                "the upstream API is failing and the gateway is giving it a rest; retry after {} seconds",
+                whole_secs(*retry_after)
+            ),
+            Self::CallerQuotaExceeded { retry_after } => format!(
+                "this caller's quota of upstream calls is spent (cached answers are still served); retry after {} seconds",
+                whole_secs(*retry_after)
+            ),
+            Self::NotCached => "Cache-Control: only-if-cached was requested and no fresh answer is cached".into(),
             Self::Internal(_) => "the gateway failed to handle the request".into(),
         }
     }
@@ -155,13 +184,53 @@ impl GatewayError {
             Self::MethodNotAllowed => {
                 headers.insert(ALLOW, HeaderValue::from_static("GET"));
             }
-            Self::UpstreamRateLimited { retry_after } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
-            }
             _ => {}
+        }
+        if let Some(retry_after) = self.retry_after() {
+            // RFC 9110 §10.2.3: whole seconds, rounded up so a caller is never early.
+            headers.insert(RETRY_AFTER, HeaderValue::from(whole_secs(retry_after)));
         }
         response
     }
+
+    /// When asking again can succeed, for the errors that know.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::UpstreamRateLimited { retry_after }
+            | Self::UpstreamBudgetExhausted { retry_after }
+            | Self::UpstreamCircuitOpen { retry_after }
+            | Self::CallerQuotaExceeded { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Whether a stale answer beats this error (RFC 5861 stale-if-error): every failure of
+    /// the upstream or of the budget protecting it, never the caller's own mistake.
+    pub fn stale_may_answer(&self) -> bool {
+        match self {
+            Self::UpstreamAuthFailed { .. }
+            | Self::UpstreamRateLimited { .. }
+            | Self::UpstreamStatus { .. }
+            | Self::UpstreamTimeout(_)
+            | Self::UpstreamUnavailable(_)
+            | Self::UpstreamInvalidResponse { .. }
+            | Self::UpstreamBudgetExhausted { .. }
+            | Self::UpstreamCircuitOpen { .. }
+            | Self::CallerQuotaExceeded { .. } => true,
+            Self::Unauthorized
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::InvalidRequest(_)
+            | Self::NotCached
+            | Self::Internal(_) => false,
+        }
+    }
+}
+
+/// Seconds, rounded up, at least 1.
+fn whole_secs(duration: Duration) -> u64 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// The error boundary: the only place an error becomes a response and a 5xx is logged.
@@ -287,6 +356,16 @@ mod tests {
             GatewayError::UpstreamTimeout(Duration::from_secs(1)),
             GatewayError::upstream_unavailable(std::io::Error::other("refused")),
             GatewayError::UpstreamInvalidResponse { reason: "too big" },
+            GatewayError::UpstreamBudgetExhausted {
+                retry_after: Duration::from_millis(1500),
+            },
+            GatewayError::UpstreamCircuitOpen {
+                retry_after: Duration::from_secs(3),
+            },
+            GatewayError::CallerQuotaExceeded {
+                retry_after: Duration::from_secs(4),
+            },
+            GatewayError::NotCached,
             GatewayError::Internal("bug"),
         ];
         for error in errors {
@@ -323,6 +402,25 @@ mod tests {
                 503,
             ),
             (GatewayError::UpstreamTimeout(Duration::ZERO), 504),
+            (
+                GatewayError::UpstreamBudgetExhausted {
+                    retry_after: Duration::ZERO,
+                },
+                503,
+            ),
+            (
+                GatewayError::UpstreamCircuitOpen {
+                    retry_after: Duration::ZERO,
+                },
+                503,
+            ),
+            (
+                GatewayError::CallerQuotaExceeded {
+                    retry_after: Duration::ZERO,
+                },
+                429,
+            ),
+            (GatewayError::NotCached, 504),
             (GatewayError::Internal("x"), 500),
         ];
         for (error, status) in table {
@@ -341,6 +439,16 @@ mod tests {
         }
         .to_response();
         assert_eq!(limited.headers()[RETRY_AFTER], "12");
+        let budget = GatewayError::UpstreamBudgetExhausted {
+            retry_after: Duration::from_millis(1200),
+        }
+        .to_response();
+        assert_eq!(budget.headers()[RETRY_AFTER], "2", "rounded up");
+        let quota = GatewayError::CallerQuotaExceeded {
+            retry_after: Duration::ZERO,
+        }
+        .to_response();
+        assert_eq!(quota.headers()[RETRY_AFTER], "1", "never 0");
     }
 
     #[test]

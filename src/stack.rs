@@ -1,6 +1,7 @@
 //! The request's way through the gateway, written once, outermost layer first.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use crate::cache::{CacheLayer, CredentialId};
 use crate::config::Config;
 use crate::error::{ErrorBoundaryLayer, ResponseBody};
 use crate::normalize::NormalizeLayer;
-use crate::upstream::Upstream;
+use crate::upstream::{Shield, Upstream};
 
 /// Builds the gateway service for one configuration.
 pub fn build<B>(
@@ -34,7 +35,8 @@ pub fn build<B>(
 where
     B: Body + Send + 'static,
 {
-    let upstream = Upstream::new(&config.upstream)?;
+    let shield = Arc::new(Shield::new(&config.upstream));
+    let upstream = Upstream::new(&config.upstream, shield)?;
     let credential = CredentialId::of(&config.upstream.token);
     Ok(ServiceBuilder::new()
         // Outermost, so the span and its closing line cover every answer, errors included.
@@ -53,7 +55,7 @@ where
         .layer(NormalizeLayer)
         // Repeats and identical concurrent misses stop here.
         .layer(CacheLayer::new(&config.cache, credential))
-        // Misses go upstream with the organization token.
+        // Misses go upstream with the organization token, inside the budget.
         .service(upstream))
 }
 

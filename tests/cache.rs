@@ -88,6 +88,7 @@ async fn an_expired_entry_is_fetched_again() {
     let upstream = support::FakeUpstream::start().await;
     let mut config = support::config(&upstream.base_url());
     config.cache.ttl = Duration::from_millis(150);
+    config.cache.stale_while_revalidate = Duration::ZERO;
     let gateway = support::Gateway::start(config).await;
     assert_eq!(get(&gateway, "/usage").await.json()["call"], 1);
     assert_eq!(get(&gateway, "/usage").await.json()["call"], 1);

@@ -6,7 +6,7 @@
 //! tokens never share an entry. Bodies are `Bytes`: serving a hit copies no body bytes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AGE, CONTENT_TYPE};
@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
-use super::status::CacheStatus;
+use super::status::{CacheStatus, CACHE_STATUS};
 use crate::config::Secret;
 use crate::error::ResponseBody;
 
@@ -61,6 +61,8 @@ pub struct CachedResponse {
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
     pub stored_at: Instant,
+    /// How long it is fresh after `stored_at` (chosen by `policy::ttl_for`).
+    pub fresh_for: Duration,
 }
 
 impl CachedResponse {
@@ -68,6 +70,10 @@ impl CachedResponse {
     pub fn weight(key: &CacheKey, value: &Arc<CachedResponse>) -> u32 {
         let bytes = value.body.len() + key.target.len() + ENTRY_OVERHEAD;
         u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+
+    pub fn fresh_until(&self) -> Instant {
+        self.stored_at + self.fresh_for
     }
 
     /// The response for one caller; `Age` (RFC 9111 §5.1) accompanies answers served from storage.
@@ -78,13 +84,41 @@ impl CachedResponse {
         if let Some(content_type) = &self.content_type {
             headers.insert(CONTENT_TYPE, content_type.clone());
         }
-        if status.is_hit() {
+        if status.from_storage() {
             let age = now.saturating_duration_since(self.stored_at).as_secs();
             headers.insert(AGE, HeaderValue::from(age));
         }
-        headers.insert(status.header_name(), status.header_value());
+        headers.insert(CACHE_STATUS.clone(), status.header_value());
         response.extensions_mut().insert(status);
         response
+    }
+}
+
+/// moka's per-entry lifetime: each entry lives its own freshness plus the stale windows, so
+/// stale answers are still there to serve; freshness itself is checked on every read.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryExpiry {
+    pub keep_stale: Duration,
+}
+
+impl moka::Expiry<CacheKey, Arc<CachedResponse>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedResponse>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.fresh_for + self.keep_stale)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedResponse>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.fresh_for + self.keep_stale)
     }
 }
 
@@ -110,6 +144,7 @@ mod tests {
             content_type: None,
             body: Bytes::from(vec![0u8; 1000]),
             stored_at: Instant::now(),
+            fresh_for: Duration::from_secs(60),
         });
         assert_eq!(
             CachedResponse::weight(&key, &value) as usize,

@@ -1,37 +1,55 @@
-//! `CacheLayer`: repeats are answered from memory, and identical concurrent misses make one
-//! upstream request.
+//! `CacheLayer`: repeats are answered from memory, identical concurrent misses make one
+//! upstream request, and a stored answer beats an error.
 //!
 //! Guarantees:
 //! - the key is the canonical query and the upstream credential's identity, nothing else
 //!   (see `entry.rs`);
-//! - one fill per key: concurrent misses wait for the first one's fetch (moka's
-//!   `try_get_with`) and all get its outcome, success or error;
-//! - only storable answers are stored (`policy.rs`); a failed fetch is never cached, and an
-//!   answer that may not be stored is still shared with the requests that waited for it;
-//! - memory is bounded by `cache.max_bytes` through a weigher on body size.
+//! - one fill per key at a time (`flight.rs`): concurrent misses, refreshes and forced
+//!   refreshes share it, and all get its outcome, success or error;
+//! - only storable answers are stored (`policy.rs`); a failed fill is never cached and never
+//!   replaces a stored answer;
+//! - freshness is finality-aware: answers about long-closed periods live
+//!   `cache.closed_period_ttl_secs`, the rest `cache.ttl_secs`;
+//! - stale answers (RFC 5861): within `stale_while_revalidate_secs` of expiry an answer is
+//!   served at once while one background refresh runs (only with budget free now); within
+//!   `stale_if_error_secs` it is served when the upstream, its budget or the caller's quota
+//!   fails; every stale answer says so in `Cache-Status` and `Age`;
+//! - request directives (RFC 9111 §5.2.1): `only-if-cached` never reaches the upstream (a
+//!   fresh answer or 504); `no-cache` forces a fetch for callers allowed to refresh;
+//! - a caller's upstream quota is charged only when its request starts a fill;
+//! - hits never wait and never spend budget; memory is bounded by `cache.max_bytes`.
 
 mod entry;
+mod flight;
 mod policy;
 mod status;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use time::OffsetDateTime;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
 
 pub use entry::{CacheKey, CachedResponse, CredentialId};
-pub use status::{BypassReason, CacheStatus, CACHE_NAME, CACHE_STATUS};
+pub use flight::Flights;
+pub use policy::{Freshness, RequestDirectives, StaleWindows, TtlPolicy};
+pub use status::{BypassReason, CacheStatus, StaleReason, CACHE_NAME, CACHE_STATUS};
 
+use self::entry::EntryExpiry;
+use self::flight::{FillResult, Joined};
+use crate::auth::Caller;
 use crate::config::CacheConfig;
 use crate::error::{GatewayError, ResponseBody};
 use crate::query::UsageQuery;
+use crate::upstream::OnlyWithBudgetNow;
 
 /// The largest answer stored as one entry; larger ones are served but not stored.
 pub const MAX_ENTRY_BYTES: usize = 8 * 1024 * 1024;
@@ -40,7 +58,7 @@ type Store = moka::future::Cache<CacheKey, Arc<CachedResponse>>;
 
 /// Why a fill produced no entry; shared by every request that waited for it.
 #[derive(Debug)]
-enum Unfilled {
+pub enum Unfilled {
     /// The upstream answered, but the answer may not be stored.
     Bypass(CachedResponse, BypassReason),
     /// The fetch failed.
@@ -50,29 +68,44 @@ enum Unfilled {
 #[derive(Debug, Clone)]
 pub struct CacheLayer {
     store: Store,
+    flights: Flights,
     credential: CredentialId,
-    ttl: Duration,
+    ttl: TtlPolicy,
+    stale: StaleWindows,
     max_entry_bytes: usize,
 }
 
 impl CacheLayer {
     /// `credential` identifies the upstream token every miss of this stack is fetched with.
     pub fn new(config: &CacheConfig, credential: CredentialId) -> Self {
+        let stale = StaleWindows {
+            while_revalidate: config.stale_while_revalidate,
+            if_error: config.stale_if_error,
+        };
         let store = moka::future::Cache::builder()
             .name("usage-gateway")
             .max_capacity(config.max_bytes)
             .weigher(CachedResponse::weight)
-            .time_to_live(config.ttl)
+            .expire_after(EntryExpiry {
+                keep_stale: stale.keep(),
+            })
             .build();
         let max_entry_bytes = usize::try_from(config.max_bytes)
             .unwrap_or(usize::MAX)
             .min(MAX_ENTRY_BYTES);
         Self {
             store,
+            flights: Flights::default(),
             credential,
-            ttl: config.ttl,
+            ttl: TtlPolicy::from(config),
+            stale,
             max_entry_bytes,
         }
+    }
+
+    /// Entries stored (approximate until moka's pending tasks run).
+    pub fn entry_count(&self) -> u64 {
+        self.store.entry_count()
     }
 }
 
@@ -93,6 +126,9 @@ pub struct Cache<S> {
     layer: CacheLayer,
 }
 
+type BoxResponse =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
+
 impl<S, B> Service<Request<B>> for Cache<S>
 where
     S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
@@ -104,10 +140,10 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, GatewayError>> + Send>>;
+    type Future = BoxResponse;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        // Hits never touch the inner service; a miss drives it to readiness with `oneshot`.
+        // Hits never touch the inner service; a fill drives it to readiness with `oneshot`.
         Poll::Ready(Ok(()))
     }
 
@@ -120,60 +156,224 @@ where
         let key = CacheKey::new(self.layer.credential, query.canonical_shared());
         let layer = self.layer.clone();
         let inner = self.inner.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            if let Some(entry) = layer.store.get(&key).await {
-                return Ok(layer.hit(&entry, started));
-            }
-            tracing::Span::current().record("cache", "miss");
-            let fetched = AtomicBool::new(false);
-            let fill = async {
-                fetched.store(true, Ordering::Relaxed);
-                fill(inner, request, layer.max_entry_bytes).await
-            };
-            let result = layer.store.try_get_with(key, fill).await;
-            let led = fetched.load(Ordering::Relaxed);
-            let now = Instant::now();
-            let status = match &result {
-                // Stored by a fill that finished between our lookup and our wait: a hit.
-                Ok(entry) if !led && entry.stored_at < started => return Ok(layer.hit(entry, now)),
-                Ok(_) if led => CacheStatus::Stored,
-                Ok(_) => CacheStatus::Collapsed,
-                Err(unfilled) => match &**unfilled {
-                    Unfilled::Bypass(_, reason) => CacheStatus::Bypass {
-                        reason: *reason,
-                        collapsed: !led,
-                    },
-                    Unfilled::Failed(error) => return Err(error.clone()),
-                },
-            };
-            tracing::Span::current().record("cache", status.as_str());
-            let response = match &result {
-                Ok(entry) => entry.to_response(status, now),
-                Err(unfilled) => match &**unfilled {
-                    Unfilled::Bypass(answer, _) => answer.to_response(status, now),
-                    Unfilled::Failed(error) => return Err(error.clone()),
-                },
-            };
-            Ok(response)
-        })
+        Box::pin(async move { layer.answer(inner, key, request).await })
     }
 }
 
 impl CacheLayer {
-    fn hit(&self, entry: &CachedResponse, now: Instant) -> Response<ResponseBody> {
-        let ttl_secs = policy::remaining_ttl_secs(entry.stored_at, self.ttl, now);
-        let status = CacheStatus::Hit { ttl_secs };
-        tracing::Span::current().record("cache", status.as_str());
+    async fn answer<S, B>(
+        &self,
+        inner: S,
+        key: CacheKey,
+        request: Request<B>,
+    ) -> Result<Response<ResponseBody>, GatewayError>
+    where
+        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        let directives = RequestDirectives::from_headers(request.headers());
+        let caller = request.extensions().get::<Caller>().cloned();
+        let forced = directives.no_cache && caller.as_ref().is_some_and(|c| c.policy.allow_refresh);
+        let stored = self.store.get(&key).await;
+        let now = Instant::now();
+        let freshness = stored.as_ref().map_or(Freshness::Unusable, |entry| {
+            policy::freshness(entry.fresh_until(), now, &self.stale)
+        });
+
+        if directives.only_if_cached {
+            return match (&stored, freshness) {
+                (Some(entry), Freshness::Fresh { left }) => Ok(self.respond_hit(entry, left, now)),
+                _ => Err(GatewayError::NotCached),
+            };
+        }
+        if !forced {
+            match (&stored, freshness) {
+                (Some(entry), Freshness::Fresh { left }) => {
+                    return Ok(self.respond_hit(entry, left, now))
+                }
+                (Some(entry), Freshness::Revalidate { expired }) => {
+                    self.refresh_in_background(inner, key, request);
+                    return Ok(respond_stale(
+                        entry,
+                        expired,
+                        StaleReason::WhileRevalidate,
+                        now,
+                    ));
+                }
+                _ => {}
+            }
+        }
+
+        record_cache("miss");
+        let joined = self.flights.join_or_start(&key, || {
+            // Only the request that starts a fill costs its caller an upstream call.
+            if let Some(caller) = &caller {
+                caller
+                    .policy
+                    .charge_upstream_call()
+                    .map_err(|retry_after| GatewayError::CallerQuotaExceeded { retry_after })?;
+            }
+            Ok(self.fill(inner, key.clone(), request))
+        });
+        let (fill, led) = match joined {
+            Ok(Joined::Led(fill)) => (fill, true),
+            Ok(Joined::Followed(fill)) => (fill, false),
+            Err(refused) => return self.stale_or(stored.as_deref(), refused),
+        };
+        let outcome = fill.await;
+        let now = Instant::now();
+        match outcome {
+            Ok(entry) => {
+                let status = if led {
+                    CacheStatus::Stored
+                } else {
+                    CacheStatus::Collapsed
+                };
+                record_cache(status.as_str());
+                Ok(entry.to_response(status, now))
+            }
+            Err(unfilled) => match &*unfilled {
+                Unfilled::Bypass(answer, reason) => {
+                    let status = CacheStatus::Bypass {
+                        reason: *reason,
+                        collapsed: !led,
+                    };
+                    record_cache(status.as_str());
+                    Ok(answer.to_response(status, now))
+                }
+                Unfilled::Failed(error) => self.stale_or(stored.as_deref(), error.clone()),
+            },
+        }
+    }
+
+    /// The stored answer if it may stand in for `error`, else the error.
+    fn stale_or(
+        &self,
+        stored: Option<&CachedResponse>,
+        error: GatewayError,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let Some(entry) = stored.filter(|_| error.stale_may_answer()) else {
+            return Err(error);
+        };
+        let now = Instant::now();
+        match policy::freshness(entry.fresh_until(), now, &self.stale) {
+            // A forced refresh failed while the stored answer is still fresh.
+            Freshness::Fresh { left } => Ok(self.respond_hit(entry, left, now)),
+            Freshness::Revalidate { expired } | Freshness::IfError { expired }
+                if expired < self.stale.if_error =>
+            {
+                tracing::info!(error = %error, "serving a stale answer instead of an upstream failure");
+                Ok(respond_stale(entry, expired, StaleReason::IfError, now))
+            }
+            _ => Err(error),
+        }
+    }
+
+    fn respond_hit(
+        &self,
+        entry: &CachedResponse,
+        left: Duration,
+        now: Instant,
+    ) -> Response<ResponseBody> {
+        let status = CacheStatus::Hit {
+            ttl_secs: left.as_secs(),
+        };
+        record_cache(status.as_str());
         entry.to_response(status, now)
+    }
+
+    /// Starts one refresh unless one is in flight; it goes only if budget is free now, and
+    /// on failure the stale entry simply stays.
+    fn refresh_in_background<S, B>(&self, inner: S, key: CacheKey, mut request: Request<B>)
+    where
+        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        request.extensions_mut().insert(OnlyWithBudgetNow);
+        let started = self
+            .flights
+            .join_or_start::<std::convert::Infallible>(&key, || {
+                Ok(self.fill(inner, key.clone(), request))
+            });
+        if let Ok(Joined::Led(_)) = started {
+            tracing::debug!(
+                key = key.target(),
+                "refreshing a stale entry in the background"
+            );
+        }
+    }
+
+    /// One upstream fetch for `key`, stored if storable. Runs as its own task.
+    fn fill<S, B>(
+        &self,
+        inner: S,
+        key: CacheKey,
+        request: Request<B>,
+    ) -> futures_util::future::BoxFuture<'static, FillResult>
+    where
+        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        let store = self.store.clone();
+        let ttl_policy = self.ttl;
+        let max_entry_bytes = self.max_entry_bytes;
+        let fresh_for = request
+            .extensions()
+            .get::<UsageQuery>()
+            .map_or(ttl_policy.ttl, |query| {
+                policy::ttl_for(query, OffsetDateTime::now_utc(), &ttl_policy)
+            });
+        let span = tracing::Span::current();
+        async move {
+            let result = fetch(inner, request, max_entry_bytes, fresh_for).await;
+            if let Ok(entry) = &result {
+                store.insert(key, entry.clone()).await;
+            }
+            result.map_err(Arc::new)
+        }
+        // The fill runs in the span of the request that started it, so its upstream timing
+        // lands on that request's log line.
+        .instrument(span)
+        .boxed()
     }
 }
 
+/// Records the cache outcome on the request's span.
+fn record_cache(outcome: &'static str) {
+    tracing::Span::current().record("cache", outcome);
+}
+
+fn respond_stale(
+    entry: &CachedResponse,
+    expired: Duration,
+    reason: StaleReason,
+    now: Instant,
+) -> Response<ResponseBody> {
+    // Whole seconds, rounded up: a stale answer never reports ttl=-0.
+    let expired_secs = expired.as_secs() + u64::from(expired.subsec_nanos() > 0);
+    let status = CacheStatus::Stale {
+        expired_secs: expired_secs.max(1),
+        reason,
+    };
+    record_cache(status.as_str());
+    entry.to_response(status, now)
+}
+
 /// Fetches once upstream and decides whether the answer becomes an entry.
-async fn fill<S, B>(
+async fn fetch<S, B>(
     inner: S,
     request: Request<B>,
     max_entry_bytes: usize,
+    fresh_for: Duration,
 ) -> Result<Arc<CachedResponse>, Unfilled>
 where
     S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
@@ -190,6 +390,7 @@ where
         content_type: parts.headers.get(CONTENT_TYPE).cloned(),
         body,
         stored_at: Instant::now(),
+        fresh_for,
     };
     match policy::storable(
         parts.status,
@@ -205,32 +406,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
-    use crate::error::InvalidRequest;
-    use http::StatusCode;
-    use std::sync::atomic::AtomicUsize;
+    use crate::auth::CallerPolicy;
+    use crate::config::{CallerConfig, Secret};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
     use tower::{service_fn, ServiceBuilder};
 
-    fn config(ttl: Duration) -> CacheConfig {
+    fn config() -> CacheConfig {
         CacheConfig {
-            ttl,
+            ttl: Duration::from_secs(60),
             max_bytes: 1024 * 1024,
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(3600),
+            late_data_grace: Duration::from_secs(172_800),
+            closed_period_ttl: Duration::from_secs(86_400),
         }
     }
 
-    fn request(target: &str) -> Request<()> {
+    fn caller(name: &str, upstream_per_minute: Option<u32>) -> Caller {
+        let config = CallerConfig {
+            name: name.into(),
+            key_sha256: [0; 32],
+            upstream_per_minute,
+            allow_refresh: false,
+        };
+        Caller {
+            name: config.name.clone(),
+            policy: Arc::new(CallerPolicy::new(&config)),
+        }
+    }
+
+    fn request(target: &str, caller: &Caller) -> Request<()> {
         let uri: http::Uri = target.parse().expect("uri");
         let query = UsageQuery::parse(uri.path(), uri.query())
             .expect("valid")
             .expect("route");
         let mut request = Request::new(());
         request.extensions_mut().insert(query);
+        request.extensions_mut().insert(caller.clone());
         request
     }
 
-    fn counting_upstream(
+    /// An upstream that counts calls and answers only when the test releases it.
+    fn held_upstream(
         calls: Arc<AtomicUsize>,
-        status: StatusCode,
+        release: Arc<Semaphore>,
     ) -> impl Service<
         Request<()>,
         Response = Response<ResponseBody>,
@@ -239,217 +459,113 @@ mod tests {
     > + Clone
            + Send
            + 'static {
-        service_fn(move |request: Request<()>| {
+        service_fn(move |_: Request<()>| {
             let calls = calls.clone();
+            let release = release.clone();
             async move {
-                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                let target = request
-                    .extensions()
-                    .get::<UsageQuery>()
-                    .map(|q| q.canonical().to_owned())
-                    .unwrap_or_default();
-                let mut response = Response::new(ResponseBody::from(format!("{target} #{n}")));
-                *response.status_mut() = status;
-                Ok::<_, GatewayError>(response)
+                calls.fetch_add(1, Ordering::SeqCst);
+                let permit = release.acquire().await.expect("the semaphore stays open");
+                permit.forget();
+                Ok::<_, GatewayError>(Response::new(ResponseBody::from("answer")))
             }
         })
     }
 
-    fn cache_status(response: &Response<ResponseBody>) -> String {
-        response.headers()[&CACHE_STATUS]
-            .to_str()
-            .expect("ascii")
-            .to_owned()
-    }
-
-    async fn body(response: Response<ResponseBody>) -> String {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("infallible")
-            .to_bytes();
-        String::from_utf8(bytes.to_vec()).expect("utf-8")
-    }
-
-    fn layer() -> CacheLayer {
-        CacheLayer::new(
-            &config(Duration::from_secs(60)),
-            CredentialId::of(&Secret::new("t")),
-        )
+    async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !condition() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
 
     #[tokio::test]
-    async fn a_repeat_is_served_from_memory() {
+    async fn concurrent_misses_share_one_fill_and_only_its_starter_is_charged() {
+        let layer = CacheLayer::new(&config(), CredentialId::of(&Secret::new("t")));
         let calls = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Semaphore::new(0));
         let service = ServiceBuilder::new()
-            .layer(layer())
-            .service(counting_upstream(calls.clone(), StatusCode::OK));
-        let first = service
-            .clone()
-            .oneshot(request("/usage?limit=5"))
-            .await
-            .expect("ok");
-        assert_eq!(cache_status(&first), "usage-gateway; fwd=miss; stored");
-        let second = service
-            .oneshot(request("/usage?limit=5"))
-            .await
-            .expect("ok");
-        assert!(cache_status(&second).starts_with("usage-gateway; hit; ttl="));
-        assert_eq!(second.headers()["age"], "0");
-        assert_eq!(body(second).await, "/usage?limit=5 #1");
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
+            .layer(layer.clone())
+            .service(held_upstream(calls.clone(), release.clone()));
+        let billing = caller("billing", None);
+        let metered = caller("metered", Some(1));
 
-    #[tokio::test]
-    async fn different_questions_are_fetched_separately() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let service = ServiceBuilder::new()
-            .layer(layer())
-            .service(counting_upstream(calls.clone(), StatusCode::OK));
-        let a = service
-            .clone()
-            .oneshot(request("/usage?limit=5"))
-            .await
-            .expect("ok");
-        let b = service
-            .oneshot(request("/usage?limit=6"))
-            .await
-            .expect("ok");
-        assert_eq!(body(a).await, "/usage?limit=5 #1");
-        assert_eq!(body(b).await, "/usage?limit=6 #2");
-    }
-
-    #[tokio::test]
-    async fn non_200_answers_are_served_but_not_stored() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let service = ServiceBuilder::new()
-            .layer(layer())
-            .service(counting_upstream(calls.clone(), StatusCode::NOT_FOUND));
-        for _ in 0..2 {
-            let response = service
-                .clone()
-                .oneshot(request("/usage/000000009"))
-                .await
-                .expect("ok");
-            assert_eq!(response.status(), StatusCode::NOT_FOUND);
-            assert_eq!(
-                cache_status(&response),
-                "usage-gateway; fwd=miss; detail=upstream-status"
-            );
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn failed_fetches_are_not_cached() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counter = calls.clone();
-        let service =
-            ServiceBuilder::new()
-                .layer(layer())
-                .service(service_fn(move |_: Request<()>| {
-                    let counter = counter.clone();
-                    async move {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        Err::<Response<ResponseBody>, _>(GatewayError::InvalidRequest(
-                            InvalidRequest::new("x_invalid", "x"),
-                        ))
-                    }
-                }));
-        for _ in 0..2 {
-            let error = service
-                .clone()
-                .oneshot(request("/usage"))
-                .await
-                .expect_err("fails");
-            assert_eq!(error.code(), "x_invalid");
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn concurrent_misses_share_one_fetch() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let counter = calls.clone();
-        let gate = release.clone();
-        let service =
-            ServiceBuilder::new()
-                .layer(layer())
-                .service(service_fn(move |_: Request<()>| {
-                    let counter = counter.clone();
-                    let gate = gate.clone();
-                    async move {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let _permit = gate.acquire().await.expect("semaphore stays open");
-                        Ok::<_, GatewayError>(Response::new(ResponseBody::from("answer")))
-                    }
-                }));
-        let waiters: Vec<_> = (0..20)
-            .map(|_| tokio::spawn(service.clone().oneshot(request("/usage"))))
+        let leader = tokio::spawn(service.clone().oneshot(request("/usage", &billing)));
+        until("the fill to start", || calls.load(Ordering::SeqCst) == 1).await;
+        let followers: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(service.clone().oneshot(request("/usage", &metered))))
             .collect();
-        // The fill is under way once the upstream counted a call; then let it answer.
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let key = CacheKey::new(
+            CredentialId::of(&Secret::new("t")),
+            "/usage?limit=1000".into(),
+        );
+        until("the followers to join", || layer.flights.waiting(&key) == 4).await;
         release.add_permits(1);
-        let mut statuses = Vec::new();
-        for waiter in waiters {
-            let response = waiter.await.expect("task").expect("ok");
-            statuses.push(cache_status(&response));
-            assert_eq!(body(response).await, "answer");
+
+        let leader = leader.await.expect("task").expect("answer");
+        assert_eq!(
+            leader.headers()[&CACHE_STATUS],
+            "usage-gateway; fwd=miss; stored"
+        );
+        for follower in followers {
+            let follower = follower.await.expect("task").expect("answer");
+            assert_eq!(
+                follower.headers()[&CACHE_STATUS],
+                "usage-gateway; fwd=miss; collapsed"
+            );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(
-            statuses.iter().filter(|s| s.ends_with("stored")).count(),
-            1,
-            "{statuses:?}"
+            metered.policy.charge_upstream_call(),
+            Ok(()),
+            "followers were not charged"
+        );
+        assert!(
+            layer.flights.is_empty(),
+            "the fill left the map when it landed"
         );
     }
 
     #[tokio::test]
-    async fn no_store_answers_are_not_stored() {
+    async fn a_fill_outlives_the_request_that_started_it() {
+        let layer = CacheLayer::new(&config(), CredentialId::of(&Secret::new("t")));
         let calls = Arc::new(AtomicUsize::new(0));
-        let counter = calls.clone();
-        let service =
-            ServiceBuilder::new()
-                .layer(layer())
-                .service(service_fn(move |_: Request<()>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async {
-                        let mut response = Response::new(ResponseBody::from("fresh"));
-                        response
-                            .headers_mut()
-                            .insert("cache-control", http::HeaderValue::from_static("no-store"));
-                        Ok::<_, GatewayError>(response)
-                    }
-                }));
-        for _ in 0..2 {
-            let response = service
-                .clone()
-                .oneshot(request("/usage"))
-                .await
-                .expect("ok");
-            assert_eq!(
-                cache_status(&response),
-                "usage-gateway; fwd=miss; detail=no-store"
-            );
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let release = Arc::new(Semaphore::new(0));
+        let service = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(held_upstream(calls.clone(), release.clone()));
+        let billing = caller("billing", None);
+        let abandoned = tokio::spawn(service.clone().oneshot(request("/usage", &billing)));
+        until("the fill to start", || calls.load(Ordering::SeqCst) == 1).await;
+        abandoned.abort();
+        release.add_permits(1);
+        until("the fill to land", || layer.flights.is_empty()).await;
+        let hit = service
+            .oneshot(request("/usage", &billing))
+            .await
+            .expect("answer");
+        assert!(hit.headers()[&CACHE_STATUS]
+            .to_str()
+            .is_ok_and(|s| s.contains("hit")));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_request_without_a_query_is_an_internal_error() {
         let calls = Arc::new(AtomicUsize::new(0));
         let service = ServiceBuilder::new()
-            .layer(layer())
-            .service(counting_upstream(calls.clone(), StatusCode::OK));
+            .layer(CacheLayer::new(
+                &config(),
+                CredentialId::of(&Secret::new("t")),
+            ))
+            .service(held_upstream(calls.clone(), Arc::new(Semaphore::new(1))));
         let error = service
             .oneshot(Request::new(()))
             .await
             .expect_err("no query");
-        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 }

@@ -30,11 +30,34 @@ impl BypassReason {
     }
 }
 
+/// Why an expired answer was served (RFC 5861).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// Expired moments ago; one refresh runs in the background.
+    WhileRevalidate,
+    /// The upstream (or the budget protecting it) failed; this beats the error.
+    IfError,
+}
+
+impl StaleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::WhileRevalidate => "stale-while-revalidate",
+            StaleReason::IfError => "stale-if-error",
+        }
+    }
+}
+
 /// How one answer was produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
     /// Served from storage, with this many whole seconds of freshness left.
     Hit { ttl_secs: u64 },
+    /// Served from storage after it expired, this many whole seconds ago (rounded up).
+    Stale {
+        expired_secs: u64,
+        reason: StaleReason,
+    },
     /// This request fetched the answer upstream and stored it.
     Stored,
     /// This request waited for another request's identical fetch and shares its answer.
@@ -51,24 +74,36 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Stale {
+                reason: StaleReason::WhileRevalidate,
+                ..
+            } => "stale-while-revalidate",
+            CacheStatus::Stale {
+                reason: StaleReason::IfError,
+                ..
+            } => "stale-if-error",
             CacheStatus::Stored => "miss",
             CacheStatus::Collapsed => "collapsed",
             CacheStatus::Bypass { .. } => "bypass",
         }
     }
 
-    pub fn is_hit(self) -> bool {
-        matches!(self, CacheStatus::Hit { .. })
-    }
-
-    pub fn header_name(self) -> HeaderName {
-        CACHE_STATUS.clone()
+    /// Answered from storage (so it carries `Age`).
+    pub fn from_storage(self) -> bool {
+        matches!(self, CacheStatus::Hit { .. } | CacheStatus::Stale { .. })
     }
 
     /// The `Cache-Status` value, as RFC 9211 §2 spells its parameters.
     pub fn header_value(self) -> HeaderValue {
         let text = match self {
             CacheStatus::Hit { ttl_secs } => format!("{CACHE_NAME}; hit; ttl={ttl_secs}"),
+            CacheStatus::Stale {
+                expired_secs,
+                reason,
+            } => format!(
+                "{CACHE_NAME}; hit; ttl=-{expired_secs}; detail={}",
+                reason.as_str()
+            ),
             CacheStatus::Stored => format!("{CACHE_NAME}; fwd=miss; stored"),
             CacheStatus::Collapsed => format!("{CACHE_NAME}; fwd=miss; collapsed"),
             CacheStatus::Bypass {
@@ -98,6 +133,20 @@ mod tests {
             (
                 CacheStatus::Hit { ttl_secs: 42 },
                 "usage-gateway; hit; ttl=42",
+            ),
+            (
+                CacheStatus::Stale {
+                    expired_secs: 3,
+                    reason: StaleReason::WhileRevalidate,
+                },
+                "usage-gateway; hit; ttl=-3; detail=stale-while-revalidate",
+            ),
+            (
+                CacheStatus::Stale {
+                    expired_secs: 120,
+                    reason: StaleReason::IfError,
+                },
+                "usage-gateway; hit; ttl=-120; detail=stale-if-error",
             ),
             (CacheStatus::Stored, "usage-gateway; fwd=miss; stored"),
             (CacheStatus::Collapsed, "usage-gateway; fwd=miss; collapsed"),

@@ -2,7 +2,6 @@
 //! `127.0.0.1:0`, and a small client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +21,10 @@ use usage_gateway::config::{hash_key, Config};
 pub const ORG_TOKEN: &str = "org-secret-token-7c1f";
 pub const BILLING_KEY: &str = "billing-key-3b9a";
 pub const OPS_KEY: &str = "ops-key-51de";
+/// A caller allowed to force refreshes with `Cache-Control: no-cache`.
+pub const REFRESHER_KEY: &str = "refresher-key-90ab";
+/// A caller with a quota of 2 upstream calls per minute.
+pub const METERED_KEY: &str = "metered-key-77c2";
 
 /// What the fake upstream saw.
 #[derive(Debug, Clone)]
@@ -63,6 +66,8 @@ struct State {
     script: Mutex<Arc<Script>>,
     /// While `Some`, every request waits for a permit before answering.
     gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Connections are dropped without an answer, as if the upstream were unreachable.
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 /// The default answer: 200 with a body naming the request target and the call number, so a
@@ -91,6 +96,7 @@ impl FakeUpstream {
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(Arc::new(echo)),
             gate: Mutex::new(None),
+            refusing: std::sync::atomic::AtomicBool::new(false),
         });
         let (stop, mut stopped) = watch::channel(false);
         let serving = state.clone();
@@ -103,11 +109,22 @@ impl FakeUpstream {
                     },
                     _ = stopped.changed() => return,
                 };
+                if serving.refusing.load(Ordering::SeqCst) {
+                    drop(stream);
+                    continue;
+                }
                 let state = serving.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                        async move {
+                            if state.refusing.load(Ordering::SeqCst) {
+                                // An error from the service makes hyper drop the connection
+                                // without an answer.
+                                return Err(std::io::Error::other("refusing"));
+                            }
+                            Ok::<_, std::io::Error>(answer(&state, request).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -125,6 +142,11 @@ impl FakeUpstream {
     /// Replaces how requests are answered.
     pub fn script(&self, script: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) {
         *self.state.script.lock().expect("lock") = Arc::new(script);
+    }
+
+    /// From now on, new connections are dropped and requests on open ones get no answer.
+    pub fn refuse_connections(&self) {
+        self.state.refusing.store(true, Ordering::SeqCst);
     }
 
     /// From now on, requests wait until [`FakeUpstream::release`] lets them answer.
@@ -203,6 +225,14 @@ pub fn config(base_url: &str) -> Config {
         [[callers]]
         name = "ops"
         key = "{OPS_KEY}"
+        [[callers]]
+        name = "refresher"
+        key = "{REFRESHER_KEY}"
+        allow_refresh = true
+        [[callers]]
+        name = "metered"
+        key = "{METERED_KEY}"
+        upstream_per_minute = 2
         "#,
         billing = hash_key(BILLING_KEY),
     ))
@@ -303,6 +333,19 @@ pub async fn send(
 
 /// `GET target` as the billing caller.
 pub async fn get(gateway: &Gateway, target: &str) -> Answer {
-    let auth = format!("Bearer {BILLING_KEY}");
+    get_as(gateway, BILLING_KEY, target).await
+}
+
+/// `GET target` with `key`.
+pub async fn get_as(gateway: &Gateway, key: &str, target: &str) -> Answer {
+    let auth = format!("Bearer {key}");
     send(gateway, "GET", target, &[("authorization", &auth)]).await
+}
+
+/// Seconds since the Unix epoch, for scripting `x-ratelimit-reset`.
+pub fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }

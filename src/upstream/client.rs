@@ -1,0 +1,312 @@
+//! One upstream exchange and the pure rules around it.
+//!
+//! Guarantees:
+//! - of the upstream's response headers only `Content-Type` and `Cache-Control` are kept
+//!   (so `Set-Cookie`, hop-by-hop headers (RFC 9110 §7.6.1) and anything else stay behind);
+//! - redirects are never followed, and a body larger than [`MAX_BODY_BYTES`] is refused;
+//! - the upstream status is mapped by [`classify`]: the caller's mistakes pass through, the
+//!   gateway's credential problems and the upstream's failures become gateway errors;
+//! - every answer's `x-ratelimit-*` headers (and a 429's `Retry-After`) are read into a
+//!   [`RateLimitReport`] for the budget, and its health into an [`Outcome`] for the breaker.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::breaker::Outcome;
+use super::budget::RateLimitReport;
+use crate::error::{GatewayError, ResponseBody};
+
+/// The largest upstream body read; a full 1000-record page is a few hundred KiB.
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// When a 429 says nothing about when to come back: the upstream's window is one minute.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Never tell a caller to wait longer than this, whatever the upstream claims.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The pooled HTTP(S) client every upstream call goes through.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Builds the pooled client: rustls with the webpki roots, HTTP/1.1 and HTTP/2 (ALPN);
+/// plain `http://` for local test upstreams.
+pub fn https_client() -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// What the upstream's status means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 200: the answer (and the only kind the cache may store).
+    Answer,
+    /// 400, 404 and other 4xx: the caller's question was wrong; its body passes through.
+    PassThrough,
+    /// 401/403: the upstream refused the gateway's own token.
+    CredentialRefused,
+    /// 429: the organization's budget is spent.
+    RateLimited,
+    /// 5xx: the upstream failed.
+    Failed,
+    /// Anything else (1xx, other 2xx, 3xx): not an answer this API gives; redirects are not followed.
+    Unexpected,
+}
+
+/// Maps an upstream status to what the gateway does with it.
+pub fn classify(status: StatusCode) -> Verdict {
+    match status.as_u16() {
+        200 => Verdict::Answer,
+        401 | 403 => Verdict::CredentialRefused,
+        429 => Verdict::RateLimited,
+        400..=499 => Verdict::PassThrough,
+        500..=599 => Verdict::Failed,
+        _ => Verdict::Unexpected,
+    }
+}
+
+/// How long a 429 asks us to wait: `Retry-After` in seconds (RFC 9110 §10.2.3), else the
+/// `x-ratelimit-reset` epoch the upstream documents, else a whole window.
+pub fn retry_after(headers: &HeaderMap, now_epoch_secs: u64) -> Duration {
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    let wait = number(RETRY_AFTER.as_str())
+        .map(Duration::from_secs)
+        .or_else(|| {
+            number("x-ratelimit-reset")
+                .map(|reset| Duration::from_secs(reset.saturating_sub(now_epoch_secs)))
+        })
+        .unwrap_or(DEFAULT_RETRY_AFTER);
+    wait.clamp(Duration::from_secs(1), MAX_RETRY_AFTER)
+}
+
+/// The upstream response headers a caller may see or the cache may read.
+pub fn kept_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::with_capacity(2);
+    for name in [CONTENT_TYPE, CACHE_CONTROL] {
+        for value in upstream.get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// Reads what an answer says about the budget: `x-ratelimit-remaining`, the time until
+/// `x-ratelimit-reset` (Unix seconds), and for a 429 how long the gate stays closed.
+pub fn rate_limit_report(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now_epoch_secs: u64,
+) -> RateLimitReport {
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    RateLimitReport {
+        remaining: number("x-ratelimit-remaining"),
+        reset_in: number("x-ratelimit-reset").map(|reset| {
+            Duration::from_secs(reset.saturating_sub(now_epoch_secs)).min(MAX_RETRY_AFTER)
+        }),
+        throttled_for: (status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| retry_after(headers, now_epoch_secs)),
+    }
+}
+
+/// What one exchange produced, for the caller, the budget and the breaker.
+#[derive(Debug)]
+pub struct Exchanged {
+    pub result: Result<Response<ResponseBody>, GatewayError>,
+    pub report: RateLimitReport,
+    pub health: Outcome,
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// One upstream request and its whole body.
+pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> Exchanged {
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            return Exchanged {
+                result: Err(GatewayError::upstream_unavailable(error)),
+                report: RateLimitReport::default(),
+                health: Outcome::Failed,
+            }
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let report = rate_limit_report(parts.status, &parts.headers, epoch_secs());
+    let verdict = classify(parts.status);
+    let health = if verdict == Verdict::Failed {
+        Outcome::Failed
+    } else {
+        Outcome::Healthy
+    };
+    let refused = match verdict {
+        Verdict::CredentialRefused => Some(GatewayError::UpstreamAuthFailed {
+            status: parts.status,
+        }),
+        Verdict::RateLimited => Some(GatewayError::UpstreamRateLimited {
+            retry_after: report.throttled_for.unwrap_or(DEFAULT_RETRY_AFTER),
+        }),
+        Verdict::Failed => Some(GatewayError::UpstreamStatus {
+            status: parts.status,
+        }),
+        Verdict::Unexpected => Some(GatewayError::UpstreamInvalidResponse {
+            reason: "unexpected status (redirects are not followed)",
+        }),
+        Verdict::Answer | Verdict::PassThrough => None,
+    };
+    if let Some(error) = refused {
+        return Exchanged {
+            result: Err(error),
+            report,
+            health,
+        };
+    }
+    let body = Limited::new(body, MAX_BODY_BYTES).collect().await;
+    let result = match body {
+        Ok(collected) => {
+            let mut response = Response::new(Full::new(collected.to_bytes()));
+            *response.status_mut() = parts.status;
+            *response.headers_mut() = kept_headers(&parts.headers);
+            Ok(response)
+        }
+        Err(error) => Err(match error.downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => GatewayError::UpstreamInvalidResponse {
+                reason: "body larger than the gateway reads",
+            },
+            Err(other) => GatewayError::UpstreamUnavailable(Arc::from(other)),
+        }),
+    };
+    let health = if result.is_err() {
+        Outcome::Failed
+    } else {
+        health
+    };
+    Exchanged {
+        result,
+        report,
+        health,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn upstream_statuses_map_to_verdicts() {
+        // (upstream status, verdict) — one row per rule of the mapping.
+        let rows = [
+            (200, Verdict::Answer),
+            (400, Verdict::PassThrough),
+            (404, Verdict::PassThrough),
+            (405, Verdict::PassThrough),
+            (401, Verdict::CredentialRefused),
+            (403, Verdict::CredentialRefused),
+            (429, Verdict::RateLimited),
+            (500, Verdict::Failed),
+            (502, Verdict::Failed),
+            (503, Verdict::Failed),
+            (204, Verdict::Unexpected),
+            (301, Verdict::Unexpected),
+            (302, Verdict::Unexpected),
+        ];
+        for (status, verdict) in rows {
+            let status = StatusCode::from_u16(status).expect("status");
+            assert_eq!(classify(status), verdict, "{status}");
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn retry_after_prefers_the_header_then_the_reset_then_a_window() {
+        let now = 1_730_239_150;
+        let rows = [
+            (headers(&[("retry-after", "7")]), 7),
+            (
+                headers(&[("retry-after", "7"), ("x-ratelimit-reset", "1730239201")]),
+                7,
+            ),
+            (headers(&[("x-ratelimit-reset", "1730239201")]), 51),
+            (headers(&[("x-ratelimit-reset", "1730239000")]), 1),
+            (
+                headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+                60,
+            ),
+            (headers(&[]), 60),
+            (headers(&[("retry-after", "999999")]), 3600),
+        ];
+        for (map, secs) in rows {
+            assert_eq!(retry_after(&map, now), Duration::from_secs(secs), "{map:?}");
+        }
+    }
+
+    #[test]
+    fn only_content_type_and_cache_control_are_kept() {
+        let upstream = headers(&[
+            ("content-type", "application/json; charset=utf-8"),
+            ("cache-control", "no-store"),
+            ("set-cookie", "session=abc"),
+            ("connection", "keep-alive"),
+            ("x-ratelimit-remaining", "5"),
+            ("server", "upstream/1.0"),
+        ]);
+        let kept = kept_headers(&upstream);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[CONTENT_TYPE], "application/json; charset=utf-8");
+        assert_eq!(kept[CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn rate_limit_headers_become_a_report() {
+        let now = 1_730_239_150;
+        let ok = headers(&[
+            ("x-ratelimit-remaining", "520"),
+            ("x-ratelimit-reset", "1730239201"),
+        ]);
+        assert_eq!(
+            rate_limit_report(StatusCode::OK, &ok, now),
+            RateLimitReport {
+                remaining: Some(520),
+                reset_in: Some(Duration::from_secs(51)),
+                throttled_for: None,
+            }
+        );
+        let throttled = headers(&[("x-ratelimit-remaining", "0"), ("retry-after", "9")]);
+        let report = rate_limit_report(StatusCode::TOO_MANY_REQUESTS, &throttled, now);
+        assert_eq!(report.throttled_for, Some(Duration::from_secs(9)));
+        assert_eq!(report.remaining, Some(0));
+        assert_eq!(
+            rate_limit_report(StatusCode::OK, &headers(&[]), now),
+            RateLimitReport::default()
+        );
+    }
+}
