@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::future::{Either, Ready};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, Request, Response};
@@ -19,6 +20,8 @@ use tower::{Layer, Service};
 
 use crate::config::CallerConfig;
 use crate::error::{GatewayError, ResponseBody};
+use crate::lockout::{AuthFailures, ClientAddr};
+use crate::scope::Scope;
 use crate::upstream::budget::SlidingWindow;
 
 /// The `X-API-Key` header, the third accepted credential form.
@@ -31,28 +34,48 @@ pub struct Caller {
     pub policy: Arc<CallerPolicy>,
 }
 
-/// What a caller may do beyond asking: its own upstream quota and forced refreshes.
+/// Quota state, kept across reloads while a caller's quota is unchanged.
+type Quota = Arc<Mutex<SlidingWindow>>;
+
+/// What a caller may do: what it may ask, which credential its misses use, its own upstream
+/// quota and forced refreshes.
 #[derive(Debug)]
 pub struct CallerPolicy {
+    pub scope: Scope,
+    /// Index of its credential profile in the running profile list (0 is `[upstream]`).
+    pub profile: usize,
     /// `Cache-Control: no-cache` from this caller forces an upstream fetch.
     pub allow_refresh: bool,
-    /// Upstream calls this caller may cause per minute; `None` is no quota.
-    quota: Option<Mutex<SlidingWindow>>,
+    /// Upstream calls this caller may cause per minute, and the state of that window.
+    quota: Option<(u32, Quota)>,
 }
 
 impl CallerPolicy {
-    pub fn new(config: &CallerConfig) -> Self {
+    fn new(config: &CallerConfig, profile: usize, previous: Option<&CallerPolicy>) -> Self {
+        let quota = config.upstream_per_minute.map(|limit| {
+            let kept = previous
+                .and_then(|p| p.quota.as_ref())
+                .filter(|(old_limit, _)| *old_limit == limit)
+                .map(|(_, window)| window.clone());
+            let window = kept.unwrap_or_else(|| {
+                Arc::new(Mutex::new(SlidingWindow::new(
+                    limit as usize,
+                    Duration::from_secs(60),
+                )))
+            });
+            (limit, window)
+        });
         Self {
+            scope: config.scope.clone(),
+            profile,
             allow_refresh: config.allow_refresh,
-            quota: config
-                .upstream_per_minute
-                .map(|n| Mutex::new(SlidingWindow::new(n as usize, Duration::from_secs(60)))),
+            quota,
         }
     }
 
     /// Charges one upstream call to this caller, or says how long until its quota allows one.
     pub fn charge_upstream_call(&self) -> Result<(), Duration> {
-        let Some(quota) = &self.quota else {
+        let Some((_, quota)) = &self.quota else {
             return Ok(());
         };
         let now = Instant::now();
@@ -64,35 +87,108 @@ impl CallerPolicy {
     }
 }
 
+/// One configured caller: its key hashes and its policy.
+#[derive(Debug)]
+struct Entry {
+    name: Arc<str>,
+    key_sha256: Vec<[u8; 32]>,
+    policy: Arc<CallerPolicy>,
+}
+
 /// The configured callers, by key hash.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KeyStore {
-    callers: Arc<[(CallerConfig, Arc<CallerPolicy>)]>,
+    callers: Vec<Entry>,
+}
+
+/// A caller names a credential profile the running gateway does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("caller {caller} uses upstream profile {profile}, which the running gateway does not have (adding profiles needs a restart)")]
+pub struct UnknownProfile {
+    pub caller: String,
+    pub profile: String,
 }
 
 impl KeyStore {
-    pub fn new(callers: &[CallerConfig]) -> Self {
-        Self {
-            callers: callers
-                .iter()
-                .map(|caller| (caller.clone(), Arc::new(CallerPolicy::new(caller))))
-                .collect(),
-        }
+    /// Builds the store for `callers`, resolving their profiles by name in `profiles`
+    /// (default first) and keeping the quota windows of `previous` callers whose quota is
+    /// unchanged.
+    pub fn build(
+        callers: &[CallerConfig],
+        profiles: &[Arc<str>],
+        previous: Option<&KeyStore>,
+    ) -> Result<Self, UnknownProfile> {
+        let callers = callers
+            .iter()
+            .map(|caller| {
+                let profile =
+                    match &caller.upstream {
+                        None => 0,
+                        Some(name) => profiles.iter().position(|p| p == name).ok_or_else(|| {
+                            UnknownProfile {
+                                caller: caller.name.to_string(),
+                                profile: name.to_string(),
+                            }
+                        })?,
+                    };
+                let old = previous
+                    .and_then(|store| store.callers.iter().find(|e| e.name == caller.name))
+                    .map(|entry| &*entry.policy);
+                Ok(Entry {
+                    name: caller.name.clone(),
+                    key_sha256: caller.key_sha256.clone(),
+                    policy: Arc::new(CallerPolicy::new(caller, profile, old)),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { callers })
     }
 
-    /// The caller whose key this is. Every configured hash is compared, in constant time.
+    /// The caller whose key this is. Every configured hash is compared, in constant time,
+    /// whichever matches.
     pub fn identify(&self, presented: &[u8]) -> Option<Caller> {
         let hash: [u8; 32] = Sha256::digest(presented).into();
         let mut found = None;
-        for (caller, policy) in self.callers.iter() {
-            if bool::from(caller.key_sha256.ct_eq(&hash)) {
-                found = Some(Caller {
-                    name: caller.name.clone(),
-                    policy: policy.clone(),
-                });
+        for entry in &self.callers {
+            for known in &entry.key_sha256 {
+                if bool::from(known.ct_eq(&hash)) {
+                    found = Some(Caller {
+                        name: entry.name.clone(),
+                        policy: entry.policy.clone(),
+                    });
+                }
             }
         }
         found
+    }
+}
+
+/// The live caller list, replaced whole on reload.
+#[derive(Debug, Clone)]
+pub struct Callers {
+    current: Arc<ArcSwap<KeyStore>>,
+    profiles: Arc<[Arc<str>]>,
+}
+
+impl Callers {
+    pub fn new(callers: &[CallerConfig], profiles: Vec<Arc<str>>) -> Result<Self, UnknownProfile> {
+        let store = KeyStore::build(callers, &profiles, None)?;
+        Ok(Self {
+            current: Arc::new(ArcSwap::from_pointee(store)),
+            profiles: profiles.into(),
+        })
+    }
+
+    /// Replaces the callers at once: removed keys stop working with the next request.
+    pub fn reload(&self, callers: &[CallerConfig]) -> Result<(), UnknownProfile> {
+        let previous = self.current.load();
+        let store = KeyStore::build(callers, &self.profiles, Some(&previous))?;
+        self.current.store(Arc::new(store));
+        Ok(())
+    }
+
+    pub fn identify(&self, presented: &[u8]) -> Option<Caller> {
+        self.current.load().identify(presented)
     }
 }
 
@@ -132,12 +228,13 @@ fn strip_bearer(value: &[u8]) -> &[u8] {
 
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    keys: KeyStore,
+    callers: Callers,
+    failures: Arc<AuthFailures>,
 }
 
 impl AuthLayer {
-    pub fn new(keys: KeyStore) -> Self {
-        Self { keys }
+    pub fn new(callers: Callers, failures: Arc<AuthFailures>) -> Self {
+        Self { callers, failures }
     }
 }
 
@@ -147,7 +244,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Auth<S> {
         Auth {
             inner,
-            keys: self.keys.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -155,7 +252,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    keys: KeyStore,
+    layer: AuthLayer,
 }
 
 impl<S, B> Service<Request<B>> for Auth<S>
@@ -171,14 +268,40 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let caller = presented_key(request.headers()).and_then(|key| self.keys.identify(key));
+        let source = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|addr| addr.0.ip());
+        let now = Instant::now();
+        if let Some(source) = source {
+            if let Err(retry_after) = self.layer.failures.check(source, now) {
+                let refused = GatewayError::TooManyAuthFailures { retry_after };
+                return Either::Left(futures_util::future::ready(Err(refused)));
+            }
+        }
+        let presented = presented_key(request.headers());
+        let caller = presented.and_then(|key| self.layer.callers.identify(key));
         match caller {
             Some(caller) => {
                 tracing::Span::current().record("caller", &*caller.name);
                 request.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(request))
             }
-            None => Either::Left(futures_util::future::ready(Err(GatewayError::Unauthorized))),
+            None => {
+                if let Some(source) = source {
+                    let recorded = self.layer.failures.record_failure(source, now);
+                    if recorded.log {
+                        tracing::warn!(
+                            %source,
+                            failures = recorded.failures,
+                            tripped = recorded.tripped,
+                            reason = if presented.is_some() { "unknown key" } else { "no key" },
+                            "authentication failed"
+                        );
+                    }
+                }
+                Either::Left(futures_util::future::ready(Err(GatewayError::Unauthorized)))
+            }
         }
     }
 }
@@ -190,17 +313,40 @@ mod tests {
     use http::HeaderValue;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-    fn store() -> KeyStore {
-        let caller = |name: &str, key: &str| CallerConfig {
+    fn hash(key: &str) -> [u8; 32] {
+        hex::decode(hash_key(key))
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes")
+    }
+
+    fn caller(name: &str, keys: &[&str]) -> CallerConfig {
+        CallerConfig {
             name: name.into(),
-            key_sha256: hex::decode(hash_key(key))
-                .expect("hex")
-                .try_into()
-                .expect("32 bytes"),
+            key_sha256: keys.iter().map(|key| hash(key)).collect(),
+            scope: Scope::default(),
+            upstream: None,
             upstream_per_minute: (name == "ops").then_some(2),
             allow_refresh: false,
-        };
-        KeyStore::new(&[caller("billing", "key-billing"), caller("ops", "key-ops")])
+        }
+    }
+
+    fn store() -> Callers {
+        Callers::new(
+            &[
+                caller("billing", &["key-billing"]),
+                caller("ops", &["key-ops"]),
+            ],
+            vec!["default".into()],
+        )
+        .expect("profiles resolve")
+    }
+
+    fn layer(callers: Callers) -> AuthLayer {
+        AuthLayer::new(
+            callers,
+            Arc::new(AuthFailures::new(60, Duration::from_secs(60))),
+        )
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -268,10 +414,54 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_key_of_a_caller_identifies_it_and_a_reload_revokes_at_once() {
+        let callers = Callers::new(
+            &[caller("billing", &["old", "new"])],
+            vec!["default".into()],
+        )
+        .expect("valid");
+        assert!(callers.identify(b"old").is_some());
+        assert!(callers.identify(b"new").is_some());
+        callers
+            .reload(&[caller("billing", &["new"])])
+            .expect("reloaded");
+        assert!(callers.identify(b"old").is_none());
+        assert!(callers.identify(b"new").is_some());
+    }
+
+    #[test]
+    fn a_reload_keeps_an_unchanged_quota_window() {
+        let callers = store();
+        let ops = callers.identify(b"key-ops").expect("ops");
+        ops.policy.charge_upstream_call().expect("first");
+        ops.policy.charge_upstream_call().expect("second");
+        callers
+            .reload(&[
+                caller("billing", &["key-billing"]),
+                caller("ops", &["key-ops"]),
+            ])
+            .expect("reloaded");
+        let ops = callers.identify(b"key-ops").expect("ops");
+        assert!(
+            ops.policy.charge_upstream_call().is_err(),
+            "the spent quota stayed spent"
+        );
+    }
+
+    #[test]
+    fn a_reload_naming_an_unknown_profile_is_refused_and_changes_nothing() {
+        let callers = store();
+        let mut moved = caller("billing", &["key-billing"]);
+        moved.upstream = Some("partner".into());
+        assert!(callers.reload(&[moved]).is_err());
+        assert!(callers.identify(b"key-ops").is_some());
+    }
+
     #[tokio::test]
     async fn known_key_reaches_the_inner_service_with_its_caller() {
         let service = ServiceBuilder::new()
-            .layer(AuthLayer::new(store()))
+            .layer(layer(store()))
             .service(service_fn(|request: Request<()>| async move {
                 let caller = request.extensions().get::<Caller>().cloned();
                 let name = caller.map(|c| c.name.to_string()).unwrap_or_default();
@@ -292,7 +482,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_key_never_reaches_the_inner_service() {
         let service = ServiceBuilder::new()
-            .layer(AuthLayer::new(store()))
+            .layer(layer(store()))
             .service(service_fn(|_: Request<()>| async {
                 panic!("the inner service must not be called");
                 #[allow(unreachable_code)]

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
+
+use crate::scope::{RouteName, Scope};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -31,6 +33,9 @@ pub const DEFAULT_STALE_WHILE_REVALIDATE_SECS: u64 = 30;
 pub const DEFAULT_STALE_IF_ERROR_SECS: u64 = 3_600;
 pub const DEFAULT_LATE_DATA_GRACE_SECS: u64 = 172_800;
 pub const DEFAULT_CLOSED_PERIOD_TTL_SECS: u64 = 86_400;
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u64 = 60;
+/// The name `[[callers]] upstream` uses for the `[upstream]` table's own credential.
+pub const DEFAULT_PROFILE: &str = "default";
 
 // === raw, as written ===
 
@@ -44,6 +49,8 @@ struct Raw {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    upstreams: Vec<RawProfile>,
+    #[serde(default)]
     callers: Vec<RawCaller>,
 }
 
@@ -51,6 +58,7 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    auth_failures_per_minute: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -59,6 +67,7 @@ struct RawUpstream {
     base_url: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    token_env: Option<String>,
     auth_scheme: Option<AuthScheme>,
     timeout_ms: Option<u64>,
     rate_limit_per_minute: Option<u64>,
@@ -96,10 +105,52 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawCaller {
     name: Option<String>,
-    key_sha256: Option<String>,
+    key_sha256: Option<OneOrMany>,
     key: Option<String>,
     upstream_per_minute: Option<u64>,
     allow_refresh: Option<bool>,
+    routes: Option<Vec<String>>,
+    sims: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+    upstream: Option<String>,
+}
+
+/// `key_sha256 = "…"` or `key_sha256 = ["…", "…"]` (several keys at once, for rotation).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    auth_scheme: Option<AuthScheme>,
+    rate_limit_per_minute: Option<u64>,
+}
+
+impl fmt::Debug for RawProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawProfile")
+            .field("name", &self.name)
+            .field("token_file", &self.token_file)
+            .field("token_env", &self.token_env)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for RawCaller {
@@ -147,7 +198,10 @@ pub enum AuthScheme {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// Shared upstream settings, and the default credential profile.
     pub upstream: UpstreamConfig,
+    /// Further named credential profiles (`[[upstreams]]`).
+    pub profiles: Vec<ProfileConfig>,
     pub cache: CacheConfig,
     pub callers: Vec<CallerConfig>,
 }
@@ -155,6 +209,17 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Failed authentications one client address may make per minute before it is refused.
+    pub auth_failures_per_minute: u32,
+}
+
+/// One upstream credential: its token, how it is sent, and its own budget.
+#[derive(Debug, Clone)]
+pub struct ProfileConfig {
+    pub name: Arc<str>,
+    pub token: Secret,
+    pub auth_scheme: AuthScheme,
+    pub rate_limit_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -194,8 +259,12 @@ pub struct CacheConfig {
 #[derive(Clone)]
 pub struct CallerConfig {
     pub name: Arc<str>,
-    /// SHA-256 of the caller's key; the key itself is never kept.
-    pub key_sha256: [u8; 32],
+    /// SHA-256 of each of the caller's keys (several during a rotation); keys are never kept.
+    pub key_sha256: Vec<[u8; 32]>,
+    /// What the caller may ask.
+    pub scope: Scope,
+    /// The credential profile its misses use; `None` is the default (`[upstream]`).
+    pub upstream: Option<Arc<str>>,
     /// The caller's own quota of upstream calls per minute (hits are free).
     pub upstream_per_minute: Option<u32>,
     /// Whether `Cache-Control: no-cache` from this caller forces an upstream fetch.
@@ -208,6 +277,8 @@ impl fmt::Debug for CallerConfig {
             .field("name", &self.name)
             .field("upstream_per_minute", &self.upstream_per_minute)
             .field("allow_refresh", &self.allow_refresh)
+            .field("scope", &self.scope)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -282,11 +353,29 @@ impl Config {
         validate(raw)
     }
 
+    /// Every credential profile, the default (`[upstream]`) first.
+    pub fn all_profiles(&self) -> Vec<ProfileConfig> {
+        let default = ProfileConfig {
+            name: DEFAULT_PROFILE.into(),
+            token: self.upstream.token.clone(),
+            auth_scheme: self.upstream.auth_scheme,
+            rate_limit_per_minute: self.upstream.rate_limit_per_minute,
+        };
+        std::iter::once(default)
+            .chain(self.profiles.iter().cloned())
+            .collect()
+    }
+
     /// A human summary without secrets, for `usage-gateway check`.
     pub fn summary(&self) -> String {
         let callers: Vec<&str> = self.callers.iter().map(|c| &*c.name).collect();
+        let profiles: Vec<String> = self
+            .all_profiles()
+            .iter()
+            .map(|p| format!("{} ({} calls/min)", p.name, p.rate_limit_per_minute))
+            .collect();
         format!(
-            "listen        {}\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\nbudget        {} calls/min, queue {:?}, concurrency {}, retries {}, breaker {} failures / {:?}\ncache         ttl {:?} (closed periods {:?}), max {} bytes, stale-while-revalidate {:?}, stale-if-error {:?}\ncallers       {} ({})",
+            "listen        {}\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\nbudget        {} calls/min, queue {:?}, concurrency {}, retries {}, breaker {} failures / {:?}\ncache         ttl {:?} (closed periods {:?}), max {} bytes, stale-while-revalidate {:?}, stale-if-error {:?}\nprofiles      {}\ncallers       {} ({})",
             self.server.listen,
             self.upstream.base_url,
             self.upstream.auth_scheme,
@@ -302,6 +391,7 @@ impl Config {
             self.cache.max_bytes,
             self.cache.stale_while_revalidate,
             self.cache.stale_if_error,
+            profiles.join(", "),
             self.callers.len(),
             callers.join(", ")
         )
@@ -342,14 +432,29 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
 
+    let auth_failures_per_minute = narrow(bounded(
+        raw.server
+            .auth_failures_per_minute
+            .unwrap_or(DEFAULT_AUTH_FAILURES_PER_MINUTE),
+        "server.auth_failures_per_minute",
+        1,
+        1_000_000,
+        &mut problems,
+    ));
+
     let upstream = validate_upstream(raw.upstream, &mut problems);
+    let profiles = validate_profiles(raw.upstreams, upstream.as_ref(), &mut problems);
     let cache = validate_cache(raw.cache, &mut problems);
-    let callers = validate_callers(raw.callers, &mut problems);
+    let callers = validate_callers(raw.callers, &profiles, &mut problems);
 
     match upstream {
         Some(upstream) if problems.is_empty() => Ok(Config {
-            server: ServerConfig { listen },
+            server: ServerConfig {
+                listen,
+                auth_failures_per_minute,
+            },
             upstream,
+            profiles,
             cache,
             callers,
         }),
@@ -367,43 +472,16 @@ fn validate_upstream(raw: RawUpstream, problems: &mut Vec<String>) -> Option<Ups
         }
     };
 
-    let token = match (raw.token, raw.token_file) {
-        (Some(_), Some(_)) => {
-            problems.push("upstream.token and upstream.token_file are both set: choose one".into());
-            None
-        }
-        (Some(token), None) => Some(token),
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_owned()),
-            Err(e) => {
-                problems.push(format!(
-                    "upstream.token_file: cannot read {}: {e}",
-                    path.display()
-                ));
-                None
-            }
+    let token = read_token(
+        "upstream",
+        TokenSources {
+            token: raw.token,
+            file: raw.token_file,
+            env: raw.token_env,
         },
-        (None, None) => {
-            problems.push(format!(
-                "upstream.token: missing: set upstream.token, upstream.token_file or {ENV_PREFIX}__UPSTREAM__TOKEN"
-            ));
-            None
-        }
-    };
-    let token = token.and_then(|token| {
-        if token.trim().is_empty() {
-            problems.push("upstream.token: is empty".into());
-            None
-        } else if http::HeaderValue::from_str(&token).is_err() || token.contains(' ') {
-            problems.push(
-                "upstream.token: holds characters an HTTP header cannot carry (spaces, control characters or non-ASCII)"
-                    .into(),
-            );
-            None
-        } else {
-            Some(Secret::new(token))
-        }
-    });
+        &format!("{ENV_PREFIX}__UPSTREAM__TOKEN"),
+        problems,
+    );
 
     let mut setting = |value: Option<u64>, default: u64, key: &str, min: u64, max: u64| {
         bounded(
@@ -464,6 +542,143 @@ fn validate_upstream(raw: RawUpstream, problems: &mut Vec<String>) -> Option<Ups
         breaker_failures: narrow(breaker_failures),
         breaker_cooldown: Duration::from_secs(breaker_cooldown_secs),
     })
+}
+
+/// Where a token may come from; exactly one must be set.
+struct TokenSources {
+    token: Option<String>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+/// Reads one token from its one source, checking it can travel in a header.
+fn read_token(
+    at: &str,
+    sources: TokenSources,
+    env_hint: &str,
+    problems: &mut Vec<String>,
+) -> Option<Secret> {
+    let token = match (sources.token, sources.file, sources.env) {
+        (Some(token), None, None) => Some(token),
+        (None, Some(path), None) => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_owned()),
+            Err(e) => {
+                problems.push(format!(
+                    "{at}.token_file: cannot read {}: {e}",
+                    path.display()
+                ));
+                None
+            }
+        },
+        (None, None, Some(variable)) => match std::env::var(&variable) {
+            Ok(token) => Some(token),
+            Err(_) => {
+                problems.push(format!(
+                    "{at}.token_env: the environment variable {variable} is not set"
+                ));
+                None
+            }
+        },
+        (None, None, None) => {
+            problems.push(format!(
+                "{at}.token: missing: set {at}.token, {at}.token_file, {at}.token_env or {env_hint}"
+            ));
+            None
+        }
+        _ => {
+            problems.push(format!(
+                "{at}: token, token_file and token_env are alternatives: set exactly one"
+            ));
+            None
+        }
+    }?;
+    if token.trim().is_empty() {
+        problems.push(format!("{at}.token: is empty"));
+        None
+    } else if http::HeaderValue::from_str(&token).is_err() || token.contains(' ') {
+        problems.push(format!(
+            "{at}.token: holds characters an HTTP header cannot carry (spaces, control characters or non-ASCII)"
+        ));
+        None
+    } else {
+        Some(Secret::new(token))
+    }
+}
+
+fn validate_profiles(
+    raw: Vec<RawProfile>,
+    upstream: Option<&UpstreamConfig>,
+    problems: &mut Vec<String>,
+) -> Vec<ProfileConfig> {
+    let mut profiles: Vec<ProfileConfig> = Vec::with_capacity(raw.len());
+    for (index, profile) in raw.into_iter().enumerate() {
+        let at = format!("upstreams[{index}]");
+        let name = match profile.name {
+            Some(name) if name == DEFAULT_PROFILE => {
+                problems.push(format!(
+                    "{at}.name: `{DEFAULT_PROFILE}` is the [upstream] table's own profile: choose another name"
+                ));
+                continue;
+            }
+            Some(name) if is_caller_name(&name) => name,
+            Some(name) => {
+                problems.push(format!(
+                    "{at}.name: `{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
+                ));
+                continue;
+            }
+            None => {
+                problems.push(format!("{at}.name: missing"));
+                continue;
+            }
+        };
+        let at = format!("upstreams[{index}] ({name})");
+        let env_hint = format!("{at}.token_env");
+        let Some(token) = read_token(
+            &at,
+            TokenSources {
+                token: profile.token,
+                file: profile.token_file,
+                env: profile.token_env,
+            },
+            &env_hint,
+            problems,
+        ) else {
+            continue;
+        };
+        let rate_limit_per_minute = narrow(bounded(
+            profile
+                .rate_limit_per_minute
+                .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
+            &format!("{at}.rate_limit_per_minute"),
+            1,
+            1_000_000,
+            problems,
+        ));
+        if profiles.iter().any(|p| *p.name == *name) {
+            problems.push(format!("{at}.name: another profile has the same name"));
+            continue;
+        }
+        // One token is one upstream budget: two profiles with it would overrun it together.
+        let same_token =
+            upstream.is_some_and(|u| u.token == token) || profiles.iter().any(|p| p.token == token);
+        if same_token {
+            problems.push(format!(
+                "{at}.token: another profile (or [upstream]) has the same token; a token's budget can only be managed once"
+            ));
+            continue;
+        }
+        profiles.push(ProfileConfig {
+            name: name.into(),
+            token,
+            auth_scheme: profile
+                .auth_scheme
+                .or(upstream.map(|u| u.auth_scheme))
+                .unwrap_or(AuthScheme::Raw),
+            rate_limit_per_minute,
+        });
+    }
+    profiles
 }
 
 fn parse_base_url(text: &str) -> Result<Uri, &'static str> {
@@ -560,7 +775,11 @@ fn narrow(value: u64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
-fn validate_callers(raw: Vec<RawCaller>, problems: &mut Vec<String>) -> Vec<CallerConfig> {
+fn validate_callers(
+    raw: Vec<RawCaller>,
+    profiles: &[ProfileConfig],
+    problems: &mut Vec<String>,
+) -> Vec<CallerConfig> {
     if raw.is_empty() {
         problems.push(
             "callers: none configured: add a [[callers]] table with a name and key_sha256".into(),
@@ -583,39 +802,17 @@ fn validate_callers(raw: Vec<RawCaller>, problems: &mut Vec<String>) -> Vec<Call
             }
         };
         let at = format!("callers[{index}] ({name})");
-        let hash = match (caller.key_sha256, caller.key) {
-            (Some(_), Some(_)) => {
-                problems.push(format!("{at}: key_sha256 and key are both set: choose one"));
-                continue;
-            }
-            (None, None) => {
-                problems.push(format!(
-                    "{at}.key_sha256: missing (or set key for local development)"
-                ));
-                continue;
-            }
-            (Some(hex_hash), None) => match decode_sha256(&hex_hash) {
-                Some(hash) => hash,
-                None => {
-                    problems.push(format!(
-                        "{at}.key_sha256: must be 64 hex characters (the SHA-256 of the key; see `usage-gateway hash-key`)"
-                    ));
-                    continue;
-                }
-            },
-            (None, Some(key)) => {
-                if key.is_empty() {
-                    problems.push(format!("{at}.key: is empty"));
-                    continue;
-                }
-                Sha256::digest(key.as_bytes()).into()
-            }
+        let Some(hashes) = caller_keys(&at, caller.key_sha256, caller.key, problems) else {
+            continue;
         };
         if callers.iter().any(|c| *c.name == *name) {
             problems.push(format!("{at}.name: another caller has the same name"));
             continue;
         }
-        if let Some(other) = callers.iter().find(|c| c.key_sha256 == hash) {
+        let shared = callers
+            .iter()
+            .find(|c| c.key_sha256.iter().any(|hash| hashes.contains(hash)));
+        if let Some(other) = shared {
             problems.push(format!(
                 "{at}: has the same key as caller {}; every caller needs its own key",
                 other.name
@@ -632,14 +829,137 @@ fn validate_callers(raw: Vec<RawCaller>, problems: &mut Vec<String>) -> Vec<Call
                 continue;
             }
         };
+        let Some(scope) = caller_scope(&at, caller.routes, caller.sims, caller.tags, problems)
+        else {
+            continue;
+        };
+        let upstream = match caller.upstream {
+            None => None,
+            Some(profile) if profile == DEFAULT_PROFILE => None,
+            Some(profile) => match profiles.iter().find(|p| *p.name == *profile) {
+                Some(found) => Some(found.name.clone()),
+                None => {
+                    problems.push(format!(
+                        "{at}.upstream: no [[upstreams]] profile is named `{profile}`"
+                    ));
+                    continue;
+                }
+            },
+        };
         callers.push(CallerConfig {
             name: name.into(),
-            key_sha256: hash,
+            key_sha256: hashes,
+            scope,
+            upstream,
             upstream_per_minute,
             allow_refresh: caller.allow_refresh.unwrap_or(false),
         });
     }
     callers
+}
+
+/// The hashes of a caller's keys: one plain `key`, or one or more `key_sha256`.
+fn caller_keys(
+    at: &str,
+    hashes: Option<OneOrMany>,
+    key: Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<Vec<[u8; 32]>> {
+    let hashes = match (hashes, key) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{at}: key_sha256 and key are both set: choose one"));
+            return None;
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{at}.key_sha256: missing (or set key for local development)"
+            ));
+            return None;
+        }
+        (None, Some(key)) if key.is_empty() => {
+            problems.push(format!("{at}.key: is empty"));
+            return None;
+        }
+        (None, Some(key)) => vec![Sha256::digest(key.as_bytes()).into()],
+        (Some(hashes), None) => {
+            let texts = hashes.into_vec();
+            let decoded: Option<Vec<[u8; 32]>> = texts.iter().map(|t| decode_sha256(t)).collect();
+            match decoded {
+                Some(decoded) if !decoded.is_empty() => decoded,
+                _ => {
+                    problems.push(format!(
+                        "{at}.key_sha256: each must be 64 hex characters (the SHA-256 of a key; see `usage-gateway hash-key`)"
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+    let mut unique = hashes.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != hashes.len() {
+        problems.push(format!("{at}.key_sha256: lists the same hash twice"));
+        return None;
+    }
+    Some(hashes)
+}
+
+/// `routes`, `sims` and `tags`, each checked; an empty list would lock the caller out.
+fn caller_scope(
+    at: &str,
+    routes: Option<Vec<String>>,
+    sims: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+    problems: &mut Vec<String>,
+) -> Option<Scope> {
+    let before = problems.len();
+    let mut check_list = |key: &str, list: &Option<Vec<String>>| {
+        if list.as_ref().is_some_and(Vec::is_empty) {
+            problems.push(format!(
+                "{at}.{key}: is empty, which would allow nothing: leave it out to allow all"
+            ));
+        }
+    };
+    check_list("routes", &routes);
+    check_list("sims", &sims);
+    check_list("tags", &tags);
+    let routes = routes.map(|routes| {
+        routes
+            .iter()
+            .filter_map(|route| {
+                RouteName::parse(route).or_else(|| {
+                    problems.push(format!(
+                        "{at}.routes: `{route}` is not one of usage, usage_by_sim, tag_total"
+                    ));
+                    None
+                })
+            })
+            .collect()
+    });
+    let sims = sims.map(|sims| {
+        sims.into_iter()
+            .filter(|sim| {
+                let valid = crate::query::is_sim_id(sim);
+                if !valid {
+                    problems.push(format!("{at}.sims: `{sim}` is not a 9-digit SIM id"));
+                }
+                valid
+            })
+            .collect()
+    });
+    let tags = tags.map(|tags| {
+        tags.iter()
+            .filter_map(|tag| match crate::query::parse_tag_id(tag) {
+                Ok(tag) => Some(tag),
+                Err(_) => {
+                    problems.push(format!("{at}.tags: `{tag}` is not a tag UUID"));
+                    None
+                }
+            })
+            .collect()
+    });
+    (problems.len() == before).then_some(Scope { routes, sims, tags })
 }
 
 fn is_caller_name(name: &str) -> bool {
@@ -684,9 +1004,12 @@ mod tests {
         assert_eq!(config.cache.ttl, Duration::from_secs(60));
         assert_eq!(config.cache.max_bytes, 256 * 1024 * 1024);
         assert_eq!(
-            config.callers[0].key_sha256.to_vec(),
+            config.callers[0].key_sha256.concat(),
             hex::decode(hash_key("billing-key")).expect("hex")
         );
+        assert_eq!(config.server.auth_failures_per_minute, 60);
+        assert!(config.profiles.is_empty());
+        assert_eq!(config.callers[0].scope, Scope::default());
     }
 
     #[test]
@@ -819,5 +1142,134 @@ mod tests {
             hash_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn profiles_inherit_the_scheme_and_keep_their_own_budget() {
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}\n[[upstreams]]\nname = \"partner\"\ntoken = \"partner-token\"\nrate_limit_per_minute = 100\n"
+        ))
+        .expect("valid");
+        let profiles = config.all_profiles();
+        assert_eq!(profiles.len(), 2);
+        assert_eq!(&*profiles[0].name, DEFAULT_PROFILE);
+        assert_eq!(profiles[0].rate_limit_per_minute, 600);
+        assert_eq!(&*profiles[1].name, "partner");
+        assert_eq!(profiles[1].token.expose(), "partner-token");
+        assert_eq!(profiles[1].auth_scheme, AuthScheme::Raw);
+        assert_eq!(profiles[1].rate_limit_per_minute, 100);
+    }
+
+    #[test]
+    fn a_profile_token_may_come_from_the_environment() {
+        let variable = format!("USAGE_GATEWAY_TEST_TOKEN_{}", std::process::id());
+        std::env::set_var(&variable, "env-token");
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}\n[[upstreams]]\nname = \"partner\"\ntoken_env = \"{variable}\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.profiles[0].token.expose(), "env-token");
+        let found = problems(&format!(
+            "{MINIMAL}\n[[upstreams]]\nname = \"partner\"\ntoken_env = \"{variable}_UNSET\"\n"
+        ));
+        assert!(found.iter().any(|p| p.contains("token_env")), "{found:?}");
+    }
+
+    #[test]
+    fn profile_problems_are_reported_by_key() {
+        let found = problems(&format!(
+            r#"{MINIMAL}
+            [[upstreams]]
+            name = "default"
+            token = "a"
+            [[upstreams]]
+            name = "same-token"
+            token = "org-token-123"
+            [[upstreams]]
+            name = "both"
+            token = "b"
+            token_file = "/nonexistent"
+            [[callers]]
+            name = "lost"
+            key = "lost-key"
+            upstream = "nowhere"
+            "#
+        ));
+        for expected in [
+            "upstreams[0].name",
+            "upstreams[1] (same-token).token",
+            "upstreams[2] (both)",
+            "callers[1] (lost).upstream",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "no {expected} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scopes_are_parsed_and_checked() {
+        let config = Config::from_toml(&format!(
+            r#"{MINIMAL}
+            [[callers]]
+            name = "support"
+            key = "support-key"
+            routes = ["usage_by_sim", "usage"]
+            sims = ["000000001"]
+            tags = ["5F0C7A2E-9B1D-4C3E-8A55-0D2F6B7E1C90"]
+            "#
+        ))
+        .expect("valid");
+        let scope = &config.callers[1].scope;
+        assert_eq!(scope.routes.as_ref().map(|r| r.len()), Some(2));
+        assert!(scope.sims.as_ref().is_some_and(|s| s.contains("000000001")));
+        assert!(scope
+            .tags
+            .as_ref()
+            .is_some_and(|t| t.contains("5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90")));
+
+        let found = problems(&format!(
+            r#"{MINIMAL}
+            [[callers]]
+            name = "bad"
+            key = "bad-key"
+            routes = ["sims"]
+            sims = ["1"]
+            tags = ["nope"]
+            [[callers]]
+            name = "empty"
+            key = "empty-key"
+            sims = []
+            "#
+        ));
+        for expected in [
+            "callers[1] (bad).routes",
+            "callers[1] (bad).sims",
+            "callers[1] (bad).tags",
+            "callers[2] (empty).sims",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "no {expected} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_sha256_takes_one_hash_or_a_list() {
+        let one = hash_key("a");
+        let two = hash_key("b");
+        let config = Config::from_toml(&format!(
+            "[upstream]\ntoken = \"t\"\n[[callers]]\nname = \"x\"\nkey_sha256 = [\"{one}\", \"{two}\"]\n[[callers]]\nname = \"y\"\nkey_sha256 = \"{}\"\n",
+            hash_key("c")
+        ))
+        .expect("valid");
+        assert_eq!(config.callers[0].key_sha256.len(), 2);
+        assert_eq!(config.callers[1].key_sha256.len(), 1);
+        let found = problems(&format!(
+            "[upstream]\ntoken = \"t\"\n[[callers]]\nname = \"x\"\nkey_sha256 = [\"{one}\", \"{one}\"]\n[[callers]]\nname = \"y\"\nkey_sha256 = [\"{one}abc\"]\n[[callers]]\nname = \"z\"\nkey_sha256 = [\"{two}\", \"zz\"]\n"
+        ));
+        assert_eq!(found.len(), 3, "{found:#?}");
     }
 }

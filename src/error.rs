@@ -59,6 +59,10 @@ pub enum GatewayError {
     Unauthorized,
     #[error("no such route")]
     NotFound,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("too many failed authentications from this client")]
+    TooManyAuthFailures { retry_after: Duration },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("invalid request: {0}")]
@@ -97,6 +101,8 @@ impl GatewayError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamAuthFailed { .. }
@@ -118,6 +124,8 @@ impl GatewayError {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
+            Self::Forbidden(_) => "forbidden",
+            Self::TooManyAuthFailures { .. } => "too_many_auth_failures",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidRequest(invalid) => invalid.code,
             Self::UpstreamAuthFailed { .. } => "upstream_auth_failed",
@@ -140,6 +148,11 @@ impl GatewayError {
             Self::Unauthorized => "a valid API key is required: send `Authorization: Bearer <key>`, `Authorization: <key>` or `X-API-Key: <key>`".into(),
             Self::NotFound => "no such endpoint: the gateway serves GET /usage, GET /usage/{sim_id} and GET /usage/tag-total/{tag_id}".into(),
             Self::MethodNotAllowed => "only GET is allowed on this endpoint".into(),
+            Self::Forbidden(why) => why.clone(),
+            Self::TooManyAuthFailures { retry_after } => format!(
+                "too many failed authentications from this address; retry after {} seconds",
+                whole_secs(*retry_after)
+            ),
             Self::InvalidRequest(invalid) => invalid.message.clone(),
             Self::UpstreamAuthFailed { .. } => "the upstream API refused the gateway's own credential; this is a gateway configuration problem, not the caller's".into(),
             Self::UpstreamRateLimited { retry_after } => format!(
@@ -199,7 +212,8 @@ impl GatewayError {
             Self::UpstreamRateLimited { retry_after }
             | Self::UpstreamBudgetExhausted { retry_after }
             | Self::UpstreamCircuitOpen { retry_after }
-            | Self::CallerQuotaExceeded { retry_after } => Some(*retry_after),
+            | Self::CallerQuotaExceeded { retry_after }
+            | Self::TooManyAuthFailures { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -219,6 +233,8 @@ impl GatewayError {
             | Self::CallerQuotaExceeded { .. } => true,
             Self::Unauthorized
             | Self::NotFound
+            | Self::Forbidden(_)
+            | Self::TooManyAuthFailures { .. }
             | Self::MethodNotAllowed
             | Self::InvalidRequest(_)
             | Self::NotCached
@@ -342,6 +358,10 @@ mod tests {
         let errors = [
             GatewayError::Unauthorized,
             GatewayError::NotFound,
+            GatewayError::Forbidden("this caller may not ask about SIM 000000001".into()),
+            GatewayError::TooManyAuthFailures {
+                retry_after: Duration::from_secs(30),
+            },
             GatewayError::MethodNotAllowed,
             GatewayError::InvalidRequest(InvalidRequest::new("limit_invalid", "bad limit")),
             GatewayError::UpstreamAuthFailed {
@@ -384,6 +404,13 @@ mod tests {
         let table = [
             (GatewayError::Unauthorized, 401),
             (GatewayError::NotFound, 404),
+            (GatewayError::Forbidden("x".into()), 403),
+            (
+                GatewayError::TooManyAuthFailures {
+                    retry_after: Duration::ZERO,
+                },
+                429,
+            ),
             (GatewayError::MethodNotAllowed, 405),
             (
                 GatewayError::InvalidRequest(InvalidRequest::new("x_invalid", "x")),

@@ -9,8 +9,11 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod lockout;
 pub mod normalize;
 pub mod query;
+pub mod reload;
+pub mod scope;
 pub mod server;
 pub mod sim;
 pub mod stack;
@@ -29,12 +32,27 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let service = stack::build(&config)?;
+    let (_no_reloads, reloads) = reload::channel();
+    run_reloadable(config, listener, shutdown, reloads).await
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, applying what `reloads` brings.
+pub async fn run_reloadable(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    reloads: reload::Reloads,
+) -> std::io::Result<()> {
+    let (service, callers) = stack::build(&config)?;
     tracing::info!(
         address = %listener.local_addr()?,
         upstream = %config.upstream.base_url,
+        profiles = config.all_profiles().len(),
         callers = config.callers.len(),
         "usage-gateway listening"
     );
-    server::serve(listener, service, shutdown).await
+    let reloading = tokio::spawn(reloads.apply(callers, config));
+    let served = server::serve(listener, service, shutdown).await;
+    reloading.abort();
+    served
 }

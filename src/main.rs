@@ -73,7 +73,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {
-    let config = match load(path) {
+    let config = match load(path.clone()) {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -90,7 +90,9 @@ fn run(path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match usage_gateway::run(config, listener, shutdown_signal()).await {
+        let (handle, reloads) = usage_gateway::reload::channel();
+        tokio::spawn(reload_on_sighup(path, handle));
+        match usage_gateway::run_reloadable(config, listener, shutdown_signal(), reloads).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "the gateway stopped with an error");
@@ -149,6 +151,34 @@ fn demo(listen: SocketAddr) -> ExitCode {
         demo.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads the configuration file on every SIGHUP; an invalid file is refused and the
+/// running configuration stays.
+async fn reload_on_sighup(path: Option<PathBuf>, handle: usage_gateway::reload::ReloadHandle) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reloading is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match Config::load(path.as_deref()) {
+                Ok(config) => {
+                    if let Err(error) = handle.reload(config).await {
+                        tracing::error!(%error, "reload failed");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reload refused: the new configuration is invalid; the running one stays");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, handle);
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -564,7 +564,8 @@ fn parse_cursor(text: &str) -> Result<String, InvalidRequest> {
     }
 }
 
-fn parse_tag_id(text: &str) -> Result<String, InvalidRequest> {
+/// A tag id as the path carries it: a hyphenated UUID, returned lower-case.
+pub fn parse_tag_id(text: &str) -> Result<String, InvalidRequest> {
     // A hand-written shape check: the uuid crate would also accept braced, URN and
     // simple forms, which the upstream path does not, so we would have to reject them anyway.
     let bytes = text.as_bytes();
@@ -586,7 +587,8 @@ fn parse_tag_id(text: &str) -> Result<String, InvalidRequest> {
     }
 }
 
-fn is_sim_id(text: &str) -> bool {
+/// A SIM id: exactly 9 digits.
+pub fn is_sim_id(text: &str) -> bool {
     text.len() == 9 && text.bytes().all(|b| b.is_ascii_digit())
 }
 

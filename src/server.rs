@@ -15,6 +15,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
+use tower_http::add_extension::AddExtension;
+
+use crate::lockout::ClientAddr;
 
 /// How long in-flight requests may run on after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -53,8 +56,10 @@ where
                 };
                 // Small JSON answers: send them at once rather than wait for Nagle.
                 let _ = stream.set_nodelay(true);
+                // Who is at the other end travels with each request (auth counts failures by it).
+                let service = AddExtension::new(service.clone(), ClientAddr(peer));
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {

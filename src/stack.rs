@@ -11,34 +11,54 @@ use tower::{Service, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-use crate::auth::{AuthLayer, KeyStore};
+use crate::auth::{AuthLayer, Callers};
 use crate::cache::{CacheLayer, CredentialId};
 use crate::config::Config;
 use crate::error::{ErrorBoundaryLayer, ResponseBody};
+use crate::lockout::AuthFailures;
 use crate::normalize::NormalizeLayer;
-use crate::upstream::{Shield, Upstream};
+use crate::scope::ScopeLayer;
+use crate::upstream::Upstreams;
 
 /// Builds the gateway service for one configuration.
+/// Builds the gateway service for one configuration, and the handle that reloads its callers.
+// The service's type is the whole layer stack; `impl Trait` keeps it unnamed.
+#[allow(clippy::type_complexity)]
 pub fn build<B>(
     config: &Config,
 ) -> Result<
-    impl Service<
-            Request<B>,
-            Response = Response<impl Body<Data = Bytes, Error = Infallible> + Send + 'static>,
-            Error = Infallible,
-            Future = impl Send + 'static,
-        > + Clone
-        + Send
-        + 'static,
+    (
+        impl Service<
+                Request<B>,
+                Response = Response<impl Body<Data = Bytes, Error = Infallible> + Send + 'static>,
+                Error = Infallible,
+                Future = impl Send + 'static,
+            > + Clone
+            + Send
+            + 'static,
+        Callers,
+    ),
     std::io::Error,
 >
 where
     B: Body + Send + 'static,
 {
-    let shield = Arc::new(Shield::new(&config.upstream));
-    let upstream = Upstream::new(&config.upstream, shield)?;
-    let credential = CredentialId::of(&config.upstream.token);
-    Ok(ServiceBuilder::new()
+    let profiles = config.all_profiles();
+    let upstreams = Upstreams::new(config)?;
+    let credentials = profiles
+        .iter()
+        .map(|p| CredentialId::of(&p.token))
+        .collect();
+    let callers = Callers::new(
+        &config.callers,
+        profiles.iter().map(|p| p.name.clone()).collect(),
+    )
+    .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+    let failures = Arc::new(AuthFailures::new(
+        config.server.auth_failures_per_minute,
+        Duration::from_secs(60),
+    ));
+    let service = ServiceBuilder::new()
         // Outermost, so the span and its closing line cover every answer, errors included.
         .layer(
             TraceLayer::new_for_http()
@@ -50,13 +70,16 @@ where
         // The one error boundary: every GatewayError below becomes its JSON response here.
         .layer(ErrorBoundaryLayer)
         // Who is calling comes first: nothing about a request is examined for strangers.
-        .layer(AuthLayer::new(KeyStore::new(&config.callers)))
-        // Then what they ask, so only canonical, valid questions reach the cache.
+        .layer(AuthLayer::new(callers.clone(), failures))
+        // Then what they ask, so only canonical, valid questions go further.
         .layer(NormalizeLayer)
+        // Whether they may ask it, before it can cost a cache entry or an upstream call.
+        .layer(ScopeLayer)
         // Repeats and identical concurrent misses stop here.
-        .layer(CacheLayer::new(&config.cache, credential))
-        // Misses go upstream with the organization token, inside the budget.
-        .service(upstream))
+        .layer(CacheLayer::new(&config.cache, credentials))
+        // Misses go upstream with their profile's token, inside its budget.
+        .service(upstreams);
+    Ok((service, callers))
 }
 
 /// One span per request. `caller`, `route`, `cache` and `upstream_ms` are recorded by the

@@ -5,7 +5,10 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use support::{get, send, start, Reply, BILLING_KEY, OPS_KEY, ORG_TOKEN};
+use support::{get, get_as, send, Reply, BILLING_KEY, OPS_KEY, ORG_TOKEN};
+
+const PARTNER_TOKEN: &str = "partner-secret-token-2f8a";
+const PARTNER_KEY: &str = "partner-caller-key-93b0";
 
 /// Everything every subscriber in this test binary writes.
 #[derive(Clone, Default)]
@@ -36,7 +39,7 @@ fn captured() -> &'static Captured {
 }
 
 fn assert_no_secret(text: &str, place: &str) {
-    for secret in [ORG_TOKEN, BILLING_KEY, OPS_KEY] {
+    for secret in [ORG_TOKEN, BILLING_KEY, OPS_KEY, PARTNER_TOKEN, PARTNER_KEY] {
         assert!(!text.contains(secret), "{place} contains a secret: {text}");
     }
 }
@@ -44,13 +47,33 @@ fn assert_no_secret(text: &str, place: &str) {
 #[tokio::test]
 async fn no_secret_in_any_response_or_log_line() {
     let logs = captured();
-    let (upstream, gateway) = start().await;
+    let upstream = support::FakeUpstream::start().await;
+    let mut config = support::config(&upstream.base_url());
+    let partner = support::config_with(
+        &upstream.base_url(),
+        &format!(
+            r#"
+            [[upstreams]]
+            name = "partner"
+            token = "{PARTNER_TOKEN}"
+            [[callers]]
+            name = "partner-dashboard"
+            key = "{PARTNER_KEY}"
+            upstream = "partner"
+            "#
+        ),
+    );
+    config.profiles = partner.profiles;
+    config.callers.extend(partner.callers);
+    let gateway = support::Gateway::start(config).await;
     let auth = format!("Bearer {BILLING_KEY}");
     let mut answers = Vec::new();
 
-    // Success, miss then hit.
+    // Success, miss then hit, with each profile.
     answers.push(get(&gateway, "/usage").await);
     answers.push(get(&gateway, "/usage").await);
+    answers.push(get_as(&gateway, PARTNER_KEY, "/usage").await);
+    answers.push(get_as(&gateway, PARTNER_KEY, "/usage").await);
     // Every kind of refusal and failure.
     answers.push(
         send(
@@ -75,6 +98,7 @@ async fn no_secret_in_any_response_or_log_line() {
     for status in [401, 429, 500] {
         upstream.script(move |_, _| Reply::json(status, "{}"));
         answers.push(get(&gateway, &format!("/usage?limit={status}")).await);
+        answers.push(get_as(&gateway, PARTNER_KEY, &format!("/usage?limit={status}")).await);
     }
     // The upstream echoing the credentials it received back in its body and headers must
     // not matter either: 4xx bodies pass through, so the gateway must never have sent them.

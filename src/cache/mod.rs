@@ -69,15 +69,17 @@ pub enum Unfilled {
 pub struct CacheLayer {
     store: Store,
     flights: Flights,
-    credential: CredentialId,
+    /// The identity of each credential profile's token, by profile index.
+    credentials: Arc<[CredentialId]>,
     ttl: TtlPolicy,
     stale: StaleWindows,
     max_entry_bytes: usize,
 }
 
 impl CacheLayer {
-    /// `credential` identifies the upstream token every miss of this stack is fetched with.
-    pub fn new(config: &CacheConfig, credential: CredentialId) -> Self {
+    /// `credentials` identify the upstream token of each credential profile (default first):
+    /// a caller's misses are fetched, and its answers keyed, with its profile's.
+    pub fn new(config: &CacheConfig, credentials: Vec<CredentialId>) -> Self {
         let stale = StaleWindows {
             while_revalidate: config.stale_while_revalidate,
             if_error: config.stale_if_error,
@@ -96,7 +98,7 @@ impl CacheLayer {
         Self {
             store,
             flights: Flights::default(),
-            credential,
+            credentials: credentials.into(),
             ttl: TtlPolicy::from(config),
             stale,
             max_entry_bytes,
@@ -153,7 +155,16 @@ where
                 "the normalize layer must run before the cache layer",
             ))));
         };
-        let key = CacheKey::new(self.layer.credential, query.canonical_shared());
+        let profile = request
+            .extensions()
+            .get::<Caller>()
+            .map_or(0, |caller| caller.policy.profile);
+        let Some(&credential) = self.layer.credentials.get(profile) else {
+            return Box::pin(std::future::ready(Err(GatewayError::Internal(
+                "a caller names a credential profile the cache does not know",
+            ))));
+        };
+        let key = CacheKey::new(credential, query.canonical_shared());
         let layer = self.layer.clone();
         let inner = self.inner.clone();
         Box::pin(async move { layer.answer(inner, key, request).await })
@@ -406,8 +417,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::CallerPolicy;
+    use crate::auth::Callers;
     use crate::config::{CallerConfig, Secret};
+    use sha2::Digest as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Semaphore;
     use tower::{service_fn, ServiceBuilder};
@@ -424,16 +436,19 @@ mod tests {
     }
 
     fn caller(name: &str, upstream_per_minute: Option<u32>) -> Caller {
+        let key = format!("{name}-key");
         let config = CallerConfig {
             name: name.into(),
-            key_sha256: [0; 32],
+            key_sha256: vec![sha2::Sha256::digest(key.as_bytes()).into()],
+            scope: crate::scope::Scope::default(),
+            upstream: None,
             upstream_per_minute,
             allow_refresh: false,
         };
-        Caller {
-            name: config.name.clone(),
-            policy: Arc::new(CallerPolicy::new(&config)),
-        }
+        Callers::new(&[config], vec!["default".into()])
+            .expect("valid")
+            .identify(key.as_bytes())
+            .expect("the caller's own key")
     }
 
     fn request(target: &str, caller: &Caller) -> Request<()> {
@@ -483,7 +498,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_share_one_fill_and_only_its_starter_is_charged() {
-        let layer = CacheLayer::new(&config(), CredentialId::of(&Secret::new("t")));
+        let layer = CacheLayer::new(&config(), vec![CredentialId::of(&Secret::new("t"))]);
         let calls = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Semaphore::new(0));
         let service = ServiceBuilder::new()
@@ -530,7 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fill_outlives_the_request_that_started_it() {
-        let layer = CacheLayer::new(&config(), CredentialId::of(&Secret::new("t")));
+        let layer = CacheLayer::new(&config(), vec![CredentialId::of(&Secret::new("t"))]);
         let calls = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Semaphore::new(0));
         let service = ServiceBuilder::new()
@@ -558,7 +573,7 @@ mod tests {
         let service = ServiceBuilder::new()
             .layer(CacheLayer::new(
                 &config(),
-                CredentialId::of(&Secret::new("t")),
+                vec![CredentialId::of(&Secret::new("t"))],
             ))
             .service(held_upstream(calls.clone(), Arc::new(Semaphore::new(1))));
         let error = service

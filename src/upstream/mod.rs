@@ -34,12 +34,12 @@ use tower::Service;
 
 use self::breaker::{Breaker, Outcome};
 use self::budget::Budget;
-use self::client::HttpsClient;
-use crate::config::{AuthScheme, UpstreamConfig};
+use crate::auth::Caller;
+use crate::config::{AuthScheme, ProfileConfig, UpstreamConfig};
 use crate::error::{GatewayError, ResponseBody};
 use crate::query::UsageQuery;
 
-pub use self::client::{classify, kept_headers, retry_after, Verdict};
+pub use self::client::{classify, https_client, kept_headers, retry_after, HttpsClient, Verdict};
 
 const USER_AGENT_VALUE: &str = concat!("usage-gateway/", env!("CARGO_PKG_VERSION"));
 
@@ -62,9 +62,9 @@ pub struct Shield {
 }
 
 impl Shield {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub fn new(config: &UpstreamConfig, profile: &ProfileConfig) -> Self {
         Self {
-            budget: Budget::new(config.rate_limit_per_minute as usize),
+            budget: Budget::new(profile.rate_limit_per_minute as usize),
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
             concurrency: Semaphore::new(config.max_concurrency as usize),
             queue_timeout: config.queue_timeout,
@@ -114,7 +114,12 @@ pub fn backoff(retry: u32, jitter: u32) -> Duration {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, shield: Arc<Shield>) -> Result<Upstream, std::io::Error> {
+    /// The upstream as one credential profile sees it, sharing `client`'s connection pool.
+    pub fn new(
+        config: &UpstreamConfig,
+        profile: &ProfileConfig,
+        client: HttpsClient,
+    ) -> Result<Upstream, std::io::Error> {
         let uri = &config.base_url;
         let base = format!(
             "{}://{}{}",
@@ -122,8 +127,8 @@ impl Upstream {
             uri.authority().map(|a| a.as_str()).unwrap_or_default(),
             uri.path().trim_end_matches('/')
         );
-        let token = config.token.expose();
-        let value = match config.auth_scheme {
+        let token = profile.token.expose();
+        let value = match profile.auth_scheme {
             AuthScheme::Raw => token.to_owned(),
             AuthScheme::Bearer => format!("Bearer {token}"),
         };
@@ -135,11 +140,11 @@ impl Upstream {
         })?;
         authorization.set_sensitive(true);
         Ok(Upstream {
-            client: client::https_client(),
+            client,
             base: base.into(),
             authorization,
             timeout: config.timeout,
-            shield,
+            shield: Arc::new(Shield::new(config, profile)),
         })
     }
 
@@ -249,13 +254,67 @@ impl<B> Service<Request<B>> for Upstream {
     }
 }
 
+/// The leaf of the stack: one [`Upstream`] per credential profile, chosen by the caller's
+/// profile, each with its own budget, breaker and concurrency bound.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    profiles: Arc<[Upstream]>,
+}
+
+impl Upstreams {
+    /// One upstream per profile of `config`, the default first, sharing one connection pool.
+    pub fn new(config: &crate::Config) -> Result<Upstreams, std::io::Error> {
+        let client = https_client();
+        let profiles = config
+            .all_profiles()
+            .iter()
+            .map(|profile| Upstream::new(&config.upstream, profile, client.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upstreams {
+            profiles: profiles.into(),
+        })
+    }
+
+    pub fn profile(&self, index: usize) -> Option<&Upstream> {
+        self.profiles.get(index)
+    }
+
+    /// The shields, by profile: for reports.
+    pub fn shields(&self) -> impl Iterator<Item = &Shield> {
+        self.profiles.iter().map(|upstream| &*upstream.shield)
+    }
+}
+
+impl<B> Service<Request<B>> for Upstreams {
+    type Response = Response<ResponseBody>;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let index = request
+            .extensions()
+            .get::<Caller>()
+            .map_or(0, |caller| caller.policy.profile);
+        match self.profiles.get(index) {
+            Some(upstream) => upstream.clone().call(request),
+            None => Box::pin(std::future::ready(Err(GatewayError::Internal(
+                "a caller names a credential profile that does not exist",
+            )))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Secret;
 
-    fn config(scheme: AuthScheme, base: &str) -> UpstreamConfig {
-        UpstreamConfig {
+    fn config(scheme: AuthScheme, base: &str) -> (UpstreamConfig, ProfileConfig) {
+        let upstream = UpstreamConfig {
             base_url: base.parse().expect("uri"),
             token: Secret::new("org-token"),
             auth_scheme: scheme,
@@ -266,11 +325,18 @@ mod tests {
             retries: 1,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(10),
-        }
+        };
+        let profile = ProfileConfig {
+            name: "default".into(),
+            token: upstream.token.clone(),
+            auth_scheme: scheme,
+            rate_limit_per_minute: 600,
+        };
+        (upstream, profile)
     }
 
-    fn upstream(config: &UpstreamConfig) -> Upstream {
-        Upstream::new(config, Arc::new(Shield::new(config))).expect("client")
+    fn upstream((config, profile): &(UpstreamConfig, ProfileConfig)) -> Upstream {
+        Upstream::new(config, profile, https_client()).expect("client")
     }
 
     #[test]

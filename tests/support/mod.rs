@@ -209,7 +209,22 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     response
 }
 
-/// A configuration with two callers (billing by hash, ops by plain key) pointing at `base_url`.
+/// A configuration with only the given `[[callers]]` (and any other tables) in `extra`.
+pub fn config_with(base_url: &str, extra: &str) -> Config {
+    Config::from_toml(&format!(
+        r#"
+        [upstream]
+        base_url = "{base_url}"
+        token = "{ORG_TOKEN}"
+        timeout_ms = 2000
+        {extra}
+        "#
+    ))
+    .expect("test config is valid")
+}
+
+/// A configuration with four callers pointing at `base_url`: billing (by hash), ops (by plain
+/// key), refresher (may force refreshes) and metered (2 upstream calls a minute).
 pub fn config(base_url: &str) -> Config {
     Config::from_toml(&format!(
         r#"
@@ -241,6 +256,7 @@ pub fn config(base_url: &str) -> Config {
 
 pub struct Gateway {
     pub addr: SocketAddr,
+    pub reload: usage_gateway::reload::ReloadHandle,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -252,15 +268,21 @@ impl Gateway {
             .expect("bind gateway");
         let addr = listener.local_addr().expect("local addr");
         let (stop, mut stopped) = watch::channel(false);
+        let (reload, reloads) = usage_gateway::reload::channel();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            usage_gateway::run(config, listener, shutdown)
+            usage_gateway::run_reloadable(config, listener, shutdown, reloads)
                 .await
                 .expect("the gateway runs");
         });
-        Gateway { addr, stop, task }
+        Gateway {
+            addr,
+            reload,
+            stop,
+            task,
+        }
     }
 
     pub async fn stop(self) {

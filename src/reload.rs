@@ -1,0 +1,119 @@
+//! Reloading the configuration of a running gateway: callers (keys, scopes, quotas, refresh
+//! rights, profile choice) change at once, without a restart and without losing the cache.
+//!
+//! Everything else in the new configuration that differs from the running one needs a restart;
+//! it is reported (and logged by `run`), not applied. A new configuration whose callers name a
+//! profile the running gateway does not have is refused whole, and the old one keeps running.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::{Callers, UnknownProfile};
+use crate::config::Config;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub callers: usize,
+    /// Settings that differ from the running configuration and wait for a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    UnknownProfile(#[from] UnknownProfile),
+    #[error("the gateway is not running")]
+    NotRunning,
+}
+
+type Request = (Config, oneshot::Sender<Result<Reloaded, ReloadError>>);
+
+/// Asks a running gateway to reload; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    sender: mpsc::Sender<Request>,
+}
+
+/// The gateway's end of the reload channel.
+#[derive(Debug)]
+pub struct Reloads {
+    receiver: mpsc::Receiver<Request>,
+}
+
+pub fn channel() -> (ReloadHandle, Reloads) {
+    let (sender, receiver) = mpsc::channel(4);
+    (ReloadHandle { sender }, Reloads { receiver })
+}
+
+impl ReloadHandle {
+    /// Applies `config` to the running gateway and says what changed.
+    pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send((config, reply))
+            .await
+            .map_err(|_| ReloadError::NotRunning)?;
+        answer.await.map_err(|_| ReloadError::NotRunning)?
+    }
+}
+
+/// Settings of `next` that differ from `running` and cannot change without a restart.
+pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if running.server.listen != next.server.listen {
+        changed.push("server.listen");
+    }
+    if running.server.auth_failures_per_minute != next.server.auth_failures_per_minute {
+        changed.push("server.auth_failures_per_minute");
+    }
+    if format!("{:?}", running.upstream) != format!("{:?}", next.upstream)
+        || running.upstream.token != next.upstream.token
+    {
+        changed.push("upstream");
+    }
+    let profiles = |config: &Config| -> Vec<(String, String)> {
+        config
+            .profiles
+            .iter()
+            .map(|p| (format!("{p:?}"), crate::config::hash_key(p.token.expose())))
+            .collect()
+    };
+    if profiles(running) != profiles(next) {
+        changed.push("upstreams");
+    }
+    if format!("{:?}", running.cache) != format!("{:?}", next.cache) {
+        changed.push("cache");
+    }
+    changed
+}
+
+impl Reloads {
+    /// Applies reloads until every handle is gone.
+    pub async fn apply(mut self, callers: Callers, mut running: Config) {
+        while let Some((next, reply)) = self.receiver.recv().await {
+            let result = callers
+                .reload(&next.callers)
+                .map(|()| Reloaded {
+                    callers: next.callers.len(),
+                    restart_needed: restart_needed(&running, &next),
+                })
+                .map_err(ReloadError::from);
+            match &result {
+                Ok(reloaded) => {
+                    tracing::info!(callers = reloaded.callers, "configuration reloaded");
+                    for setting in &reloaded.restart_needed {
+                        tracing::warn!(
+                            setting,
+                            "changed setting needs a restart; still running with the old value"
+                        );
+                    }
+                    running.callers = next.callers;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reload refused; the running configuration stays")
+                }
+            }
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! `ScopeLayer`: a caller asks only what it may ask.
+//!
+//! Checked after auth and normalize (it needs who asks and the canonical question) and before
+//! the cache, so a refusal costs no upstream call and touches no entry. Scoping decides who may
+//! ask, not what is cached: allowed answers still come from the shared cache. A refusal names
+//! what is not allowed and never says whether a SIM or tag exists.
+
+use std::collections::BTreeSet;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready};
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::auth::Caller;
+use crate::error::{GatewayError, ResponseBody};
+use crate::query::{FilterKey, Route, UsageQuery};
+
+/// The three endpoints, as `[[callers]] routes` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteName {
+    Usage,
+    UsageBySim,
+    TagTotal,
+}
+
+impl RouteName {
+    pub const ALL: [RouteName; 3] = [RouteName::Usage, RouteName::UsageBySim, RouteName::TagTotal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteName::Usage => "usage",
+            RouteName::UsageBySim => "usage_by_sim",
+            RouteName::TagTotal => "tag_total",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<RouteName> {
+        RouteName::ALL
+            .into_iter()
+            .find(|route| route.as_str() == name)
+    }
+
+    pub fn of(route: &Route) -> RouteName {
+        match route {
+            Route::Usage => RouteName::Usage,
+            Route::UsageBySim(_) => RouteName::UsageBySim,
+            Route::TagTotal(_) => RouteName::TagTotal,
+        }
+    }
+}
+
+/// What one caller may ask. `None` means unrestricted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub routes: Option<BTreeSet<RouteName>>,
+    /// SIM ids (9 digits).
+    pub sims: Option<BTreeSet<String>>,
+    /// Tag ids (lower-case UUIDs).
+    pub tags: Option<BTreeSet<String>>,
+}
+
+impl Scope {
+    /// Whether this scope allows `query`; the refusal says what is not allowed.
+    pub fn check(&self, query: &UsageQuery) -> Result<(), String> {
+        let route = RouteName::of(query.route());
+        if let Some(routes) = &self.routes {
+            if !routes.contains(&route) {
+                return Err(format!(
+                    "this caller may not use the {} endpoint",
+                    route.as_str()
+                ));
+            }
+        }
+        match query.route() {
+            Route::UsageBySim(sim) => self.check_sims(std::iter::once(sim.as_str())),
+            Route::Usage => {
+                let sims: Vec<&str> = query
+                    .filters()
+                    .iter()
+                    .filter(|filter| filter.key == FilterKey::SimId)
+                    .map(|filter| filter.value.as_str())
+                    .collect();
+                if self.sims.is_some() && sims.is_empty() {
+                    // Without a sim_id filter, /usage would answer about every SIM.
+                    return Err(
+                        "this caller may ask /usage only with sim_id filters naming its SIMs"
+                            .into(),
+                    );
+                }
+                self.check_sims(sims.into_iter())
+            }
+            Route::TagTotal(tag) => match &self.tags {
+                Some(tags) if !tags.contains(tag) => {
+                    Err(format!("this caller may not ask about tag {tag}"))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn check_sims<'a>(&self, mut asked: impl Iterator<Item = &'a str>) -> Result<(), String> {
+        let Some(allowed) = &self.sims else {
+            return Ok(());
+        };
+        match asked.find(|sim| !allowed.contains(*sim)) {
+            Some(sim) => Err(format!("this caller may not ask about SIM {sim}")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScopeLayer;
+
+impl<S> Layer<S> for ScopeLayer {
+    type Service = Scoped<S>;
+
+    fn layer(&self, inner: S) -> Scoped<S> {
+        Scoped { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scoped<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Scoped<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = GatewayError;
+    type Future = Either<Ready<Result<Response<ResponseBody>, GatewayError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let verdict = match (
+            request.extensions().get::<Caller>(),
+            request.extensions().get::<UsageQuery>(),
+        ) {
+            (Some(caller), Some(query)) => caller
+                .policy
+                .scope
+                .check(query)
+                .map_err(GatewayError::Forbidden),
+            _ => Err(GatewayError::Internal(
+                "the auth and normalize layers must run before the scope layer",
+            )),
+        };
+        match verdict {
+            Ok(()) => Either::Right(self.inner.call(request)),
+            Err(error) => Either::Left(futures_util::future::ready(Err(error))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(target: &str) -> UsageQuery {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        UsageQuery::parse(path, Some(query))
+            .expect("valid")
+            .expect("route")
+    }
+
+    fn set<T: Ord + Clone>(items: &[T]) -> Option<BTreeSet<T>> {
+        Some(items.iter().cloned().collect())
+    }
+
+    const TAG_A: &str = "5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90";
+    const TAG_B: &str = "00000000-0000-4000-8000-000000000000";
+
+    #[test]
+    fn an_empty_scope_allows_everything() {
+        let scope = Scope::default();
+        for target in [
+            "/usage",
+            "/usage/000000001",
+            &format!("/usage/tag-total/{TAG_A}"),
+        ] {
+            assert_eq!(scope.check(&query(target)), Ok(()), "{target}");
+        }
+    }
+
+    #[test]
+    fn each_rule_allows_and_refuses_what_it_says() {
+        let routes = Scope {
+            routes: set(&[RouteName::UsageBySim]),
+            ..Scope::default()
+        };
+        let sims = Scope {
+            sims: set(&["000000001".to_owned(), "000000002".to_owned()]),
+            ..Scope::default()
+        };
+        let tags = Scope {
+            tags: set(&[TAG_A.to_owned()]),
+            ..Scope::default()
+        };
+        // (scope, request, allowed)
+        let rows = [
+            (&routes, "/usage/000000009".to_owned(), true),
+            (&routes, "/usage".to_owned(), false),
+            (&routes, format!("/usage/tag-total/{TAG_A}"), false),
+            (&sims, "/usage/000000001".to_owned(), true),
+            (&sims, "/usage/000000003".to_owned(), false),
+            (&sims, "/usage?filter=sim_id:000000002".to_owned(), true),
+            (
+                &sims,
+                "/usage?filter[]=sim_id:000000001&filter[]=sim_id:000000002".to_owned(),
+                true,
+            ),
+            (
+                &sims,
+                "/usage?filter[]=sim_id:000000001&filter[]=sim_id:000000003".to_owned(),
+                false,
+            ),
+            // an unfiltered /usage would reveal every SIM
+            (&sims, "/usage".to_owned(), false),
+            (&sims, "/usage?filter=country_code:dk".to_owned(), false),
+            // a SIM scope says nothing about tags
+            (&sims, format!("/usage/tag-total/{TAG_B}"), true),
+            (&tags, format!("/usage/tag-total/{TAG_A}"), true),
+            (&tags, format!("/usage/tag-total/{TAG_B}"), false),
+            (&tags, "/usage".to_owned(), true),
+        ];
+        for (scope, target, allowed) in rows {
+            assert_eq!(
+                scope.check(&query(&target)).is_ok(),
+                allowed,
+                "{target} with {scope:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_name_what_is_not_allowed() {
+        let scope = Scope {
+            sims: set(&["000000001".to_owned()]),
+            ..Scope::default()
+        };
+        let why = scope
+            .check(&query("/usage/000000007"))
+            .expect_err("refused");
+        assert!(why.contains("000000007"), "{why}");
+    }
+}
