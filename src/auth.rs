@@ -21,6 +21,7 @@ use tower::{Layer, Service};
 use crate::config::CallerConfig;
 use crate::error::{GatewayError, ResponseBody};
 use crate::lockout::{AuthFailures, ClientAddr};
+use crate::observe::RequestFacts;
 use crate::scope::Scope;
 use crate::upstream::budget::SlidingWindow;
 
@@ -283,7 +284,9 @@ where
         let caller = presented.and_then(|key| self.layer.callers.identify(key));
         match caller {
             Some(caller) => {
-                tracing::Span::current().record("caller", &*caller.name);
+                if let Some(facts) = RequestFacts::of(request.extensions()) {
+                    facts.set_caller(&caller.name);
+                }
                 request.extensions_mut().insert(caller);
                 Either::Right(self.inner.call(request))
             }

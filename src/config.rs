@@ -34,6 +34,8 @@ pub const DEFAULT_STALE_IF_ERROR_SECS: u64 = 3_600;
 pub const DEFAULT_LATE_DATA_GRACE_SECS: u64 = 172_800;
 pub const DEFAULT_CLOSED_PERIOD_TTL_SECS: u64 = 86_400;
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u64 = 60;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// The name `[[callers]] upstream` uses for the `[upstream]` table's own credential.
 pub const DEFAULT_PROFILE: &str = "default";
 
@@ -49,6 +51,10 @@ struct Raw {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
     upstreams: Vec<RawProfile>,
     #[serde(default)]
     callers: Vec<RawCaller>,
@@ -59,6 +65,21 @@ struct Raw {
 struct RawServer {
     listen: Option<String>,
     auth_failures_per_minute: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token_sha256: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -198,6 +219,8 @@ pub enum AuthScheme {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
     /// Shared upstream settings, and the default credential profile.
     pub upstream: UpstreamConfig,
     /// Further named credential profiles (`[[upstreams]]`).
@@ -211,6 +234,41 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Failed authentications one client address may make per minute before it is refused.
     pub auth_failures_per_minute: u32,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// The operators' listener: health, readiness, metrics, status page, purge.
+#[derive(Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// SHA-256 of the admin token that `POST /cache/purge` requires; `None` disables purge.
+    pub token_sha256: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("purge_enabled", &self.token_sha256.is_some())
+            .finish()
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `None`: text on a terminal, JSON otherwise.
+    pub format: Option<LogFormat>,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
 }
 
 /// One upstream credential: its token, how it is sent, and its own budget.
@@ -375,8 +433,10 @@ impl Config {
             .map(|p| format!("{} ({} calls/min)", p.name, p.rate_limit_per_minute))
             .collect();
         format!(
-            "listen        {}\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\nbudget        {} calls/min, queue {:?}, concurrency {}, retries {}, breaker {} failures / {:?}\ncache         ttl {:?} (closed periods {:?}), max {} bytes, stale-while-revalidate {:?}, stale-if-error {:?}\nprofiles      {}\ncallers       {} ({})",
+            "listen        {} (admin {}, purge {})\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\nbudget        {} calls/min, queue {:?}, concurrency {}, retries {}, breaker {} failures / {:?}\ncache         ttl {:?} (closed periods {:?}), max {} bytes, stale-while-revalidate {:?}, stale-if-error {:?}\nprofiles      {}\ncallers       {} ({})",
             self.server.listen,
+            self.admin.listen,
+            if self.admin.token_sha256.is_some() { "enabled" } else { "disabled" },
             self.upstream.base_url,
             self.upstream.auth_scheme,
             self.upstream.timeout,
@@ -432,6 +492,44 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
 
+    let admin_listen = raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let admin_listen = admin_listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        problems.push(format!(
+            "admin.listen: `{admin_listen}` is not an address like 127.0.0.1:9090"
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    });
+    if admin_listen == listen && listen.port() != 0 {
+        problems.push(
+            "admin.listen: must differ from server.listen: the admin endpoints never share the callers' port"
+                .into(),
+        );
+    }
+    let token_sha256 = raw.admin.token_sha256.and_then(|hash| {
+        let decoded = decode_sha256(&hash);
+        if decoded.is_none() {
+            problems.push(
+                "admin.token_sha256: must be 64 hex characters (see `usage-gateway gen-key`)"
+                    .into(),
+            );
+        }
+        decoded
+    });
+    let level = raw.log.level.unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        problems.push(format!(
+            "log.level: `{level}` is not a level (error, warn, info, debug, trace) or filter directive"
+        ));
+    }
+    let shutdown_grace = Duration::from_secs(bounded(
+        raw.server
+            .shutdown_grace_secs
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
+        "server.shutdown_grace_secs",
+        0,
+        3_600,
+        &mut problems,
+    ));
     let auth_failures_per_minute = narrow(bounded(
         raw.server
             .auth_failures_per_minute
@@ -452,6 +550,15 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             server: ServerConfig {
                 listen,
                 auth_failures_per_minute,
+                shutdown_grace,
+            },
+            admin: AdminConfig {
+                listen: admin_listen,
+                token_sha256,
+            },
+            log: LogConfig {
+                format: raw.log.format,
+                level,
             },
             upstream,
             profiles,

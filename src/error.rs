@@ -186,6 +186,9 @@ impl GatewayError {
         let body = serde_json::json!({ "error": self.code(), "message": self.message() });
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
+        response
+            .extensions_mut()
+            .insert(crate::observe::ErrorCode(self.code()));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, JSON);
         match self {

@@ -4,13 +4,16 @@
 //! identical concurrent misses into one upstream call, and sends misses upstream with the
 //! organization's token. See `stack.rs` for the request's way through.
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod lockout;
+pub mod metrics;
 pub mod normalize;
+pub mod observe;
 pub mod query;
 pub mod reload;
 pub mod scope;
@@ -21,38 +24,88 @@ pub mod telemetry;
 pub mod upstream;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// Runs the gateway on `listener` until `shutdown` completes.
+/// Where the gateway listens: callers, and (optionally) the admin endpoints.
+#[derive(Debug)]
+pub struct Listeners {
+    pub api: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes (no admin listener, no reloads).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (_no_reloads, reloads) = reload::channel();
-    run_reloadable(config, listener, shutdown, reloads).await
+    let listeners = Listeners {
+        api: listener,
+        admin: None,
+    };
+    serve(config, listeners, shutdown, reloads).await
 }
 
-/// Runs the gateway on `listener` until `shutdown` completes, applying what `reloads` brings.
-pub async fn run_reloadable(
+/// Runs the gateway until `shutdown` completes, applying what `reloads` brings.
+///
+/// On shutdown: readiness turns 503, no new connection is accepted, in-flight requests finish
+/// within `server.shutdown_grace_secs`, then the admin listener closes too.
+pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     reloads: reload::Reloads,
 ) -> std::io::Result<()> {
-    let (service, callers) = stack::build(&config)?;
+    let (service, handles) = stack::build(&config)?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = admin::Admin::new(handles.clone(), draining.clone(), config.admin.token_sha256);
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin_task = match listeners.admin {
+        Some(listener) => {
+            tracing::info!(address = %listener.local_addr()?, "admin endpoints listening");
+            let service = admin.service();
+            let mut stopped = admin_stopped;
+            Some(tokio::spawn(server::serve(
+                listener,
+                service,
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+                ADMIN_DRAIN,
+            )))
+        }
+        None => None,
+    };
+    let history = tokio::spawn(admin::keep_history(admin));
     tracing::info!(
-        address = %listener.local_addr()?,
+        address = %listeners.api.local_addr()?,
         upstream = %config.upstream.base_url,
         profiles = config.all_profiles().len(),
         callers = config.callers.len(),
         "usage-gateway listening"
     );
-    let reloading = tokio::spawn(reloads.apply(callers, config));
-    let served = server::serve(listener, service, shutdown).await;
+    let grace = config.server.shutdown_grace;
+    let reloading = tokio::spawn(reloads.apply(handles, config));
+    let shutdown = async move {
+        shutdown.await;
+        draining.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: readiness is now 503");
+    };
+    let served = server::serve(listeners.api, service, shutdown, grace).await;
     reloading.abort();
+    history.abort();
+    let _ = stop_admin.send(true);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     served
 }
+
+/// How long admin requests in flight may finish once the callers' side has drained.
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);

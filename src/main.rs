@@ -34,6 +34,8 @@ enum Command {
     Check,
     /// Read a caller key on stdin and print the hex SHA-256 for `key_sha256`.
     HashKey,
+    /// Print a new random key and the `key_sha256` line that configures it.
+    GenKey,
     /// Start the built-in upstream simulator and the gateway in front of it, on loopback.
     Demo {
         /// Where the demo gateway listens.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Run => run(cli.config),
         Command::Check => check(cli.config),
         Command::HashKey => hash_stdin(),
+        Command::GenKey => gen_key(),
         Command::Demo { listen } => demo(listen),
     }
 }
@@ -77,22 +80,33 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    usage_gateway::telemetry::init();
+    usage_gateway::telemetry::init(&config.log);
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::error!(address = %config.server.listen, %error, "cannot listen");
-                return ExitCode::FAILURE;
-            }
+        let bind = |address| async move {
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| {
+                    tracing::error!(%address, %error, "cannot listen");
+                    ExitCode::FAILURE
+                })
+        };
+        let listeners = match (
+            bind(config.server.listen).await,
+            bind(config.admin.listen).await,
+        ) {
+            (Ok(api), Ok(admin)) => usage_gateway::Listeners {
+                api,
+                admin: Some(admin),
+            },
+            (Err(code), _) | (_, Err(code)) => return code,
         };
         let (handle, reloads) = usage_gateway::reload::channel();
         tokio::spawn(reload_on_sighup(path, handle));
-        match usage_gateway::run_reloadable(config, listener, shutdown_signal(), reloads).await {
+        match usage_gateway::serve(config, listeners, shutdown_signal(), reloads).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "the gateway stopped with an error");
@@ -132,8 +146,20 @@ fn hash_stdin() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn gen_key() -> ExitCode {
+    let mut bytes = [0u8; 32];
+    if let Err(error) = getrandom::fill(&mut bytes) {
+        eprintln!("usage-gateway: no randomness available: {error}");
+        return ExitCode::FAILURE;
+    }
+    let key = format!("ugk_{}", hex::encode(bytes));
+    println!("key        = {key}");
+    println!("key_sha256 = \"{}\"", hash_key(&key));
+    ExitCode::SUCCESS
+}
+
 fn demo(listen: SocketAddr) -> ExitCode {
-    usage_gateway::telemetry::init();
+    usage_gateway::telemetry::init_default();
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,

@@ -12,6 +12,7 @@ use http::{Method, Request, Response};
 use tower::{Layer, Service};
 
 use crate::error::{GatewayError, ResponseBody};
+use crate::observe::RequestFacts;
 use crate::query::UsageQuery;
 
 #[derive(Debug, Clone, Default)]
@@ -58,7 +59,9 @@ where
         // The method is checked after the path so that an unknown path is 404 whatever the method.
         match classify(&request) {
             Ok(query) => {
-                tracing::Span::current().record("route", query.route().name());
+                if let Some(facts) = RequestFacts::of(request.extensions()) {
+                    facts.set_route(query.route().name());
+                }
                 request.extensions_mut().insert(query);
                 Either::Right(self.inner.call(request))
             }

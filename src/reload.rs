@@ -1,5 +1,6 @@
 //! Reloading the configuration of a running gateway: callers (keys, scopes, quotas, refresh
-//! rights, profile choice) change at once, without a restart and without losing the cache.
+//! rights, profile choice) and the cache's freshness and stale rules change at once, without a
+//! restart and without losing the cache.
 //!
 //! Everything else in the new configuration that differs from the running one needs a restart;
 //! it is reported (and logged by `run`), not applied. A new configuration whose callers name a
@@ -7,8 +8,9 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::{Callers, UnknownProfile};
+use crate::auth::UnknownProfile;
 use crate::config::Config;
+use crate::stack::Handles;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,17 +83,31 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
     if profiles(running) != profiles(next) {
         changed.push("upstreams");
     }
-    if format!("{:?}", running.cache) != format!("{:?}", next.cache) {
-        changed.push("cache");
+    if running.cache.max_bytes != next.cache.max_bytes {
+        changed.push("cache.max_bytes");
+    }
+    if running.admin.listen != next.admin.listen {
+        changed.push("admin.listen");
+    }
+    if running.admin.token_sha256 != next.admin.token_sha256 {
+        changed.push("admin.token_sha256");
+    }
+    if running.server.shutdown_grace != next.server.shutdown_grace {
+        changed.push("server.shutdown_grace_secs");
+    }
+    if running.log != next.log {
+        changed.push("log");
     }
     changed
 }
 
 impl Reloads {
-    /// Applies reloads until every handle is gone.
-    pub async fn apply(mut self, callers: Callers, mut running: Config) {
+    /// Applies reloads until every handle is gone: callers, and the cache's freshness and
+    /// stale rules.
+    pub async fn apply(mut self, handles: Handles, mut running: Config) {
         while let Some((next, reply)) = self.receiver.recv().await {
-            let result = callers
+            let result = handles
+                .callers
                 .reload(&next.callers)
                 .map(|()| Reloaded {
                     callers: next.callers.len(),
@@ -107,7 +123,9 @@ impl Reloads {
                             "changed setting needs a restart; still running with the old value"
                         );
                     }
+                    handles.cache.set_settings(&next.cache);
                     running.callers = next.callers;
+                    running.cache = next.cache;
                 }
                 Err(error) => {
                     tracing::error!(%error, "reload refused; the running configuration stays")

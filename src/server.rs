@@ -19,17 +19,16 @@ use tower_http::add_extension::AddExtension;
 
 use crate::lockout::ClientAddr;
 
-/// How long in-flight requests may run on after shutdown begins.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Serves `service` on `listener` until `shutdown` completes, then drains.
+/// Serves `service` on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish for up to `grace`.
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) -> std::io::Result<()>
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -75,8 +74,8 @@ where
     tracing::info!("shutting down: draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing")
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "connections still open after the grace period; closing")
         }
     }
     Ok(())

@@ -8,20 +8,29 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tower::{Service, ServiceBuilder};
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 use crate::auth::{AuthLayer, Callers};
 use crate::cache::{CacheLayer, CredentialId};
 use crate::config::Config;
-use crate::error::{ErrorBoundaryLayer, ResponseBody};
+use crate::error::ErrorBoundaryLayer;
 use crate::lockout::AuthFailures;
+use crate::metrics::Metrics;
 use crate::normalize::NormalizeLayer;
+use crate::observe::ObserveLayer;
 use crate::scope::ScopeLayer;
 use crate::upstream::Upstreams;
 
-/// Builds the gateway service for one configuration.
-/// Builds the gateway service for one configuration, and the handle that reloads its callers.
+/// The handles the rest of the gateway keeps on a built stack: reloads change the callers and
+/// the cache rules; the admin endpoints read the metrics, the cache and the shields.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub callers: Callers,
+    pub cache: CacheLayer,
+    pub upstreams: Upstreams,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the gateway service for one configuration, and the handles on its parts.
 // The service's type is the whole layer stack; `impl Trait` keeps it unnamed.
 #[allow(clippy::type_complexity)]
 pub fn build<B>(
@@ -36,15 +45,16 @@ pub fn build<B>(
             > + Clone
             + Send
             + 'static,
-        Callers,
+        Handles,
     ),
     std::io::Error,
 >
 where
-    B: Body + Send + 'static,
+    B: Send + 'static,
 {
+    let metrics = Arc::new(Metrics::new());
     let profiles = config.all_profiles();
-    let upstreams = Upstreams::new(config)?;
+    let upstreams = Upstreams::new(config, metrics.clone())?;
     let credentials = profiles
         .iter()
         .map(|p| CredentialId::of(&p.token))
@@ -58,15 +68,10 @@ where
         config.server.auth_failures_per_minute,
         Duration::from_secs(60),
     ));
+    let cache = CacheLayer::new(&config.cache, credentials);
     let service = ServiceBuilder::new()
-        // Outermost, so the span and its closing line cover every answer, errors included.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(make_span::<B>)
-                .on_request(())
-                .on_response(on_response)
-                .on_failure(()),
-        )
+        // Outermost, so the request id, the log line and the metrics cover every answer.
+        .layer(ObserveLayer::new(metrics.clone()))
         // The one error boundary: every GatewayError below becomes its JSON response here.
         .layer(ErrorBoundaryLayer)
         // Who is calling comes first: nothing about a request is examined for strangers.
@@ -76,32 +81,16 @@ where
         // Whether they may ask it, before it can cost a cache entry or an upstream call.
         .layer(ScopeLayer)
         // Repeats and identical concurrent misses stop here.
-        .layer(CacheLayer::new(&config.cache, credentials))
+        .layer(cache.clone())
         // Misses go upstream with their profile's token, inside its budget.
-        .service(upstreams);
-    Ok((service, callers))
-}
-
-/// One span per request. `caller`, `route`, `cache` and `upstream_ms` are recorded by the
-/// layers that learn them; the request's query string is never logged (a confused client may
-/// put a secret there).
-fn make_span<B>(request: &Request<B>) -> Span {
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        caller = tracing::field::Empty,
-        route = tracing::field::Empty,
-        cache = tracing::field::Empty,
-        upstream_ms = tracing::field::Empty,
-    )
-}
-
-/// The one info-level line per request.
-fn on_response(response: &Response<ResponseBody>, latency: Duration, _span: &Span) {
-    tracing::info!(
-        status = response.status().as_u16(),
-        latency_us = latency.as_micros() as u64,
-        "request finished"
-    );
+        .service(upstreams.clone());
+    Ok((
+        service,
+        Handles {
+            callers,
+            cache,
+            upstreams,
+            metrics,
+        },
+    ))
 }

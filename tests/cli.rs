@@ -152,7 +152,6 @@ fn status_of(addr: &str, key: &str) -> u16 {
 
 #[test]
 fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
-    use std::io::BufRead;
     // The upstream is unreachable on purpose: an authenticated request is a 502, a refused
     // key a 401, and that difference is all this test needs.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -160,7 +159,7 @@ fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
     drop(closed);
     let config = |keys: &str| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{upstream}\"\ntoken = \"t\"\nretries = 0\n[[callers]]\nname = \"billing\"\nkey_sha256 = [{keys}]\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\n[upstream]\nbase_url = \"http://{upstream}\"\ntoken = \"t\"\nretries = 0\n[[callers]]\nname = \"billing\"\nkey_sha256 = [{keys}]\n"
         )
     };
     let hash = |key: &str| format!("\"{}\"", usage_gateway::config::hash_key(key));
@@ -177,17 +176,12 @@ fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
             .spawn()
             .expect("spawns"),
     );
-    let mut lines = std::io::BufReader::new(child.0.stdout.take().expect("stdout")).lines();
-    let addr = lines
-        .by_ref()
-        .take(50)
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split("address=")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_owned)
-        })
+    let lines = log_lines(child.0.stdout.take().expect("stdout"));
+    let addr = wait_for_line(&lines, "usage-gateway listening")
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
         .expect("the gateway logs its address");
     assert_eq!(status_of(&addr, "old-key"), 502);
 
@@ -198,17 +192,42 @@ fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
         .status()
         .expect("kill");
     assert!(killed.success());
-    let reloaded = lines
-        .by_ref()
-        .take(50)
-        .map_while(Result::ok)
-        .any(|line| line.contains("configuration reloaded"));
-    assert!(reloaded, "the gateway logs the reload");
+    wait_for_line(&lines, "configuration reloaded");
     assert_eq!(status_of(&addr, "old-key"), 401);
     assert_eq!(status_of(&addr, "new-key"), 502);
 
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let _ = child.0.wait();
+}
+
+/// The child's stdout, line by line, read on a thread so a test can wait with a deadline.
+fn log_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// The first line containing `needle`, within 10 seconds.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needle:?} within 10 s"),
+        }
+    }
 }
 
 /// Ends the child process even when the test fails half-way.

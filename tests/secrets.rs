@@ -29,9 +29,13 @@ fn captured() -> &'static Captured {
     LOGS.get_or_init(|| {
         let logs = Captured::default();
         let writer = logs.clone();
+        // The production JSON format, at the most verbose level.
         tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
             .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
             .with_writer(move || writer.clone())
             .init();
         logs
@@ -121,13 +125,28 @@ async fn no_secret_in_any_response_or_log_line() {
         }
     }
     let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("UTF-8 logs");
-    assert!(
-        logs.contains("request finished"),
-        "logs were captured: {logs}"
-    );
-    assert!(
-        logs.contains("caller=billing") || logs.contains("caller=\"billing\""),
-        "{logs}"
-    );
     assert_no_secret(&logs, "the log");
+    // Every line is JSON, and the access lines carry their fields.
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
+        .collect();
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "request")
+        .collect();
+    assert_eq!(access.len(), answers.len(), "one access line per request");
+    let hit = access
+        .iter()
+        .find(|line| line["caller"] == "billing" && line["cache"] == "hit")
+        .expect("the billing hit was logged");
+    for field in ["method", "route", "status", "cache", "duration_ms"] {
+        assert!(!hit[field].is_null(), "{field} missing in {hit}");
+    }
+    assert!(hit["span"]["request_id"].is_string(), "{hit}");
+    let miss = access
+        .iter()
+        .find(|line| line["caller"] == "billing" && line["cache"] == "miss")
+        .expect("the billing miss was logged");
+    assert!(miss["upstream_ms"].is_u64(), "{miss}");
 }

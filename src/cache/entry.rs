@@ -94,11 +94,18 @@ impl CachedResponse {
     }
 }
 
-/// moka's per-entry lifetime: each entry lives its own freshness plus the stale windows, so
-/// stale answers are still there to serve; freshness itself is checked on every read.
-#[derive(Debug, Clone, Copy)]
+/// moka's per-entry lifetime: each entry lives its own freshness plus the stale windows (as
+/// configured when it is stored), so stale answers are still there to serve; freshness itself
+/// is checked on every read.
+#[derive(Debug, Clone)]
 pub struct EntryExpiry {
-    pub keep_stale: Duration,
+    pub settings: Arc<arc_swap::ArcSwap<super::Settings>>,
+}
+
+impl EntryExpiry {
+    fn lifetime(&self, value: &CachedResponse) -> Duration {
+        value.fresh_for + self.settings.load().stale.keep()
+    }
 }
 
 impl moka::Expiry<CacheKey, Arc<CachedResponse>> for EntryExpiry {
@@ -108,7 +115,7 @@ impl moka::Expiry<CacheKey, Arc<CachedResponse>> for EntryExpiry {
         value: &Arc<CachedResponse>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.fresh_for + self.keep_stale)
+        Some(self.lifetime(value))
     }
 
     fn expire_after_update(
@@ -118,7 +125,7 @@ impl moka::Expiry<CacheKey, Arc<CachedResponse>> for EntryExpiry {
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.fresh_for + self.keep_stale)
+        Some(self.lifetime(value))
     }
 }
 

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response};
@@ -48,7 +49,8 @@ use self::flight::{FillResult, Joined};
 use crate::auth::Caller;
 use crate::config::CacheConfig;
 use crate::error::{GatewayError, ResponseBody};
-use crate::query::UsageQuery;
+use crate::observe::RequestFacts;
+use crate::query::{FilterKey, Route, UsageQuery};
 use crate::upstream::OnlyWithBudgetNow;
 
 /// The largest answer stored as one entry; larger ones are served but not stored.
@@ -71,25 +73,73 @@ pub struct CacheLayer {
     flights: Flights,
     /// The identity of each credential profile's token, by profile index.
     credentials: Arc<[CredentialId]>,
-    ttl: TtlPolicy,
-    stale: StaleWindows,
+    /// Freshness and stale rules: replaced whole by a reload, read once per request.
+    settings: Arc<ArcSwap<Settings>>,
     max_entry_bytes: usize,
+}
+
+/// The cache rules a reload may change without losing the entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub ttl: TtlPolicy,
+    pub stale: StaleWindows,
+}
+
+impl From<&CacheConfig> for Settings {
+    fn from(config: &CacheConfig) -> Self {
+        Self {
+            ttl: TtlPolicy::from(config),
+            stale: StaleWindows {
+                while_revalidate: config.stale_while_revalidate,
+                if_error: config.stale_if_error,
+            },
+        }
+    }
+}
+
+/// Which entries a purge touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeSelector {
+    All,
+    /// Entries whose question names this SIM (its route, or a `sim_id` filter).
+    Sim(String),
+    /// Tag totals of this tag.
+    Tag(String),
+}
+
+impl PurgeSelector {
+    fn matches(&self, key: &CacheKey) -> bool {
+        let target = key.target();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let Ok(Some(question)) = UsageQuery::parse(path, Some(query)) else {
+            // Every key is a canonical query; an unparsable one is purged, never kept.
+            return true;
+        };
+        match self {
+            PurgeSelector::All => true,
+            PurgeSelector::Sim(sim) => {
+                matches!(question.route(), Route::UsageBySim(s) if s == sim)
+                    || question
+                        .filters()
+                        .iter()
+                        .any(|f| f.key == FilterKey::SimId && f.value == *sim)
+            }
+            PurgeSelector::Tag(tag) => matches!(question.route(), Route::TagTotal(t) if t == tag),
+        }
+    }
 }
 
 impl CacheLayer {
     /// `credentials` identify the upstream token of each credential profile (default first):
     /// a caller's misses are fetched, and its answers keyed, with its profile's.
     pub fn new(config: &CacheConfig, credentials: Vec<CredentialId>) -> Self {
-        let stale = StaleWindows {
-            while_revalidate: config.stale_while_revalidate,
-            if_error: config.stale_if_error,
-        };
+        let settings = Arc::new(ArcSwap::from_pointee(Settings::from(config)));
         let store = moka::future::Cache::builder()
             .name("usage-gateway")
             .max_capacity(config.max_bytes)
             .weigher(CachedResponse::weight)
             .expire_after(EntryExpiry {
-                keep_stale: stale.keep(),
+                settings: settings.clone(),
             })
             .build();
         let max_entry_bytes = usize::try_from(config.max_bytes)
@@ -99,15 +149,46 @@ impl CacheLayer {
             store,
             flights: Flights::default(),
             credentials: credentials.into(),
-            ttl: TtlPolicy::from(config),
-            stale,
+            settings,
             max_entry_bytes,
         }
+    }
+
+    /// Applies new freshness and stale rules to every later request; entries stay.
+    pub fn set_settings(&self, config: &CacheConfig) {
+        self.settings.store(Arc::new(Settings::from(config)));
     }
 
     /// Entries stored (approximate until moka's pending tasks run).
     pub fn entry_count(&self) -> u64 {
         self.store.entry_count()
+    }
+
+    /// Weighted bytes stored (approximate until moka's pending tasks run).
+    pub fn weighted_size(&self) -> u64 {
+        self.store.weighted_size()
+    }
+
+    /// Purges the selected entries: soft makes them stale at once (stale rules still protect
+    /// the upstream), hard removes them. Returns how many were purged.
+    pub async fn purge(&self, selector: &PurgeSelector, hard: bool) -> usize {
+        let now = Instant::now();
+        let chosen: Vec<(Arc<CacheKey>, Arc<CachedResponse>)> = self
+            .store
+            .iter()
+            .filter(|(key, _)| selector.matches(key))
+            .collect();
+        for (key, entry) in &chosen {
+            if hard {
+                self.store.invalidate(&**key).await;
+            } else if entry.fresh_until() > now {
+                let mut expired = (**entry).clone();
+                expired.fresh_for = now.saturating_duration_since(entry.stored_at);
+                self.store.insert((**key).clone(), Arc::new(expired)).await;
+            }
+        }
+        self.store.run_pending_tasks().await;
+        chosen.len()
     }
 }
 
@@ -172,11 +253,40 @@ where
 }
 
 impl CacheLayer {
+    /// Answers one request and records how (its `Cache-Status`) in the request's facts.
     async fn answer<S, B>(
         &self,
         inner: S,
         key: CacheKey,
         request: Request<B>,
+    ) -> Result<Response<ResponseBody>, GatewayError>
+    where
+        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: Send + 'static,
+    {
+        let facts = RequestFacts::of(request.extensions());
+        let result = self.decide(inner, key, request, facts.as_deref()).await;
+        if let Some(facts) = facts {
+            let status = result
+                .as_ref()
+                .ok()
+                .and_then(|response| response.extensions().get::<CacheStatus>());
+            if let Some(status) = status {
+                facts.set_cache(status.as_str());
+            }
+        }
+        result
+    }
+
+    async fn decide<S, B>(
+        &self,
+        inner: S,
+        key: CacheKey,
+        request: Request<B>,
+        facts: Option<&RequestFacts>,
     ) -> Result<Response<ResponseBody>, GatewayError>
     where
         S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
@@ -191,7 +301,7 @@ impl CacheLayer {
         let stored = self.store.get(&key).await;
         let now = Instant::now();
         let freshness = stored.as_ref().map_or(Freshness::Unusable, |entry| {
-            policy::freshness(entry.fresh_until(), now, &self.stale)
+            policy::freshness(entry.fresh_until(), now, &self.settings.load().stale)
         });
 
         if directives.only_if_cached {
@@ -218,7 +328,9 @@ impl CacheLayer {
             }
         }
 
-        record_cache("miss");
+        if let Some(facts) = facts {
+            facts.set_cache("miss");
+        }
         let joined = self.flights.join_or_start(&key, || {
             // Only the request that starts a fill costs its caller an upstream call.
             if let Some(caller) = &caller {
@@ -243,7 +355,6 @@ impl CacheLayer {
                 } else {
                     CacheStatus::Collapsed
                 };
-                record_cache(status.as_str());
                 Ok(entry.to_response(status, now))
             }
             Err(unfilled) => match &*unfilled {
@@ -252,7 +363,6 @@ impl CacheLayer {
                         reason: *reason,
                         collapsed: !led,
                     };
-                    record_cache(status.as_str());
                     Ok(answer.to_response(status, now))
                 }
                 Unfilled::Failed(error) => self.stale_or(stored.as_deref(), error.clone()),
@@ -270,11 +380,12 @@ impl CacheLayer {
             return Err(error);
         };
         let now = Instant::now();
-        match policy::freshness(entry.fresh_until(), now, &self.stale) {
+        let stale = self.settings.load().stale;
+        match policy::freshness(entry.fresh_until(), now, &stale) {
             // A forced refresh failed while the stored answer is still fresh.
             Freshness::Fresh { left } => Ok(self.respond_hit(entry, left, now)),
             Freshness::Revalidate { expired } | Freshness::IfError { expired }
-                if expired < self.stale.if_error =>
+                if expired < stale.if_error =>
             {
                 tracing::info!(error = %error, "serving a stale answer instead of an upstream failure");
                 Ok(respond_stale(entry, expired, StaleReason::IfError, now))
@@ -292,7 +403,6 @@ impl CacheLayer {
         let status = CacheStatus::Hit {
             ttl_secs: left.as_secs(),
         };
-        record_cache(status.as_str());
         entry.to_response(status, now)
     }
 
@@ -335,7 +445,7 @@ impl CacheLayer {
         B: Send + 'static,
     {
         let store = self.store.clone();
-        let ttl_policy = self.ttl;
+        let ttl_policy = self.settings.load().ttl;
         let max_entry_bytes = self.max_entry_bytes;
         let fresh_for = request
             .extensions()
@@ -358,11 +468,6 @@ impl CacheLayer {
     }
 }
 
-/// Records the cache outcome on the request's span.
-fn record_cache(outcome: &'static str) {
-    tracing::Span::current().record("cache", outcome);
-}
-
 fn respond_stale(
     entry: &CachedResponse,
     expired: Duration,
@@ -375,7 +480,6 @@ fn respond_stale(
         expired_secs: expired_secs.max(1),
         reason,
     };
-    record_cache(status.as_str());
     entry.to_response(status, now)
 }
 

@@ -359,6 +359,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(res)
 }
 
+/// How long open connections may finish once the simulator stops.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the simulator on `listener` until `shutdown` completes, then drains open
 /// connections, with the gateway's own accept loop.
 pub async fn serve(
@@ -368,7 +371,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let inner = sim.inner;
     let service = tower::service_fn(move |req| handle(Arc::clone(&inner), req));
-    crate::server::serve(listener, service, shutdown).await
+    crate::server::serve(listener, service, shutdown, DRAIN_TIMEOUT).await
 }
 
 #[cfg(test)]

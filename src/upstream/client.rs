@@ -129,6 +129,8 @@ pub fn rate_limit_report(
 #[derive(Debug)]
 pub struct Exchanged {
     pub result: Result<Response<ResponseBody>, GatewayError>,
+    /// The upstream's status, when it answered.
+    pub status: Option<StatusCode>,
     pub report: RateLimitReport,
     pub health: Outcome,
 }
@@ -147,6 +149,7 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
         Err(error) => {
             return Exchanged {
                 result: Err(GatewayError::upstream_unavailable(error)),
+                status: None,
                 report: RateLimitReport::default(),
                 health: Outcome::Failed,
             }
@@ -178,6 +181,7 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
     if let Some(error) = refused {
         return Exchanged {
             result: Err(error),
+            status: Some(parts.status),
             report,
             health,
         };
@@ -204,6 +208,7 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
     };
     Exchanged {
         result,
+        status: Some(parts.status),
         report,
         health,
     }

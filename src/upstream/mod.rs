@@ -37,6 +37,8 @@ use self::budget::Budget;
 use crate::auth::Caller;
 use crate::config::{AuthScheme, ProfileConfig, UpstreamConfig};
 use crate::error::{GatewayError, ResponseBody};
+use crate::metrics::Metrics;
+use crate::observe::RequestFacts;
 use crate::query::UsageQuery;
 
 pub use self::client::{classify, https_client, kept_headers, retry_after, HttpsClient, Verdict};
@@ -75,6 +77,9 @@ impl Shield {
 
 #[derive(Clone)]
 pub struct Upstream {
+    /// The credential profile's name, for metrics.
+    profile: Arc<str>,
+    metrics: Arc<Metrics>,
     client: HttpsClient,
     /// `scheme://authority/prefix`, no trailing slash: the canonical target is appended.
     base: Arc<str>,
@@ -106,6 +111,23 @@ pub fn retryable(error: &GatewayError) -> bool {
     }
 }
 
+/// A bounded label for an upstream status: the statuses this API answers, or `other`.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "other",
+    }
+}
+
 /// The pause before retry number `retry` (1-based): exponential, with full jitter on top.
 pub fn backoff(retry: u32, jitter: u32) -> Duration {
     let base = RETRY_BASE * 2u32.saturating_pow(retry.saturating_sub(1).min(8));
@@ -119,6 +141,7 @@ impl Upstream {
         config: &UpstreamConfig,
         profile: &ProfileConfig,
         client: HttpsClient,
+        metrics: Arc<Metrics>,
     ) -> Result<Upstream, std::io::Error> {
         let uri = &config.base_url;
         let base = format!(
@@ -140,6 +163,8 @@ impl Upstream {
         })?;
         authorization.set_sensitive(true);
         Ok(Upstream {
+            profile: profile.name.clone(),
+            metrics,
             client,
             base: base.into(),
             authorization,
@@ -167,6 +192,8 @@ impl Upstream {
         self,
         query: UsageQuery,
         wait: bool,
+        facts: Option<Arc<RequestFacts>>,
+        caller: Option<Arc<str>>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let started = Instant::now();
         let mut deadline = if wait {
@@ -176,7 +203,7 @@ impl Upstream {
         };
         let mut retry = 0;
         let result = loop {
-            let result = self.attempt(&query, deadline).await;
+            let result = self.attempt(&query, deadline, caller.as_ref()).await;
             match result {
                 Err(error) if retry < self.shield.retries && retryable(&error) => {
                     retry += 1;
@@ -189,7 +216,9 @@ impl Upstream {
                 result => break result,
             }
         };
-        tracing::Span::current().record("upstream_ms", started.elapsed().as_millis() as u64);
+        if let Some(facts) = facts {
+            facts.add_upstream_ms(started.elapsed().as_millis() as u64);
+        }
         result
     }
 
@@ -198,6 +227,7 @@ impl Upstream {
         &self,
         query: &UsageQuery,
         deadline: Instant,
+        caller: Option<&Arc<str>>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let shield = &self.shield;
         let admitted =
@@ -220,17 +250,26 @@ impl Upstream {
             }
         })?;
         let request = self.request_for(query)?;
-        match tokio::time::timeout(self.timeout, client::exchange(&self.client, request)).await {
+        let sent = Instant::now();
+        let exchanged =
+            tokio::time::timeout(self.timeout, client::exchange(&self.client, request)).await;
+        let (result, status) = match exchanged {
             Ok(exchanged) => {
                 shield.budget.observe(ticket, exchanged.report);
                 admitted.record(exchanged.health);
-                exchanged.result
+                (
+                    exchanged.result,
+                    exchanged.status.map_or("error", status_label),
+                )
             }
             Err(_) => {
                 admitted.record(Outcome::Failed);
-                Err(GatewayError::UpstreamTimeout(self.timeout))
+                (Err(GatewayError::UpstreamTimeout(self.timeout)), "timeout")
             }
-        }
+        };
+        self.metrics
+            .record_upstream(&self.profile, status, caller, sent.elapsed());
+        result
     }
 }
 
@@ -250,7 +289,12 @@ impl<B> Service<Request<B>> for Upstream {
             ))));
         };
         let wait = request.extensions().get::<OnlyWithBudgetNow>().is_none();
-        Box::pin(self.clone().fetch(query, wait))
+        let facts = RequestFacts::of(request.extensions());
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .map(|caller| caller.name.clone());
+        Box::pin(self.clone().fetch(query, wait, facts, caller))
     }
 }
 
@@ -263,12 +307,14 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// One upstream per profile of `config`, the default first, sharing one connection pool.
-    pub fn new(config: &crate::Config) -> Result<Upstreams, std::io::Error> {
+    pub fn new(config: &crate::Config, metrics: Arc<Metrics>) -> Result<Upstreams, std::io::Error> {
         let client = https_client();
         let profiles = config
             .all_profiles()
             .iter()
-            .map(|profile| Upstream::new(&config.upstream, profile, client.clone()))
+            .map(|profile| {
+                Upstream::new(&config.upstream, profile, client.clone(), metrics.clone())
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams {
             profiles: profiles.into(),
@@ -279,9 +325,11 @@ impl Upstreams {
         self.profiles.get(index)
     }
 
-    /// The shields, by profile: for reports.
-    pub fn shields(&self) -> impl Iterator<Item = &Shield> {
-        self.profiles.iter().map(|upstream| &*upstream.shield)
+    /// Each profile's name and shield: for reports.
+    pub fn shields(&self) -> impl Iterator<Item = (&Arc<str>, &Shield)> {
+        self.profiles
+            .iter()
+            .map(|upstream| (&upstream.profile, &*upstream.shield))
     }
 }
 
@@ -336,7 +384,7 @@ mod tests {
     }
 
     fn upstream((config, profile): &(UpstreamConfig, ProfileConfig)) -> Upstream {
-        Upstream::new(config, profile, https_client()).expect("client")
+        Upstream::new(config, profile, https_client(), Arc::new(Metrics::new())).expect("client")
     }
 
     #[test]

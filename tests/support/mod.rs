@@ -256,6 +256,8 @@ pub fn config(base_url: &str) -> Config {
 
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The admin listener (health, metrics, status page, purge).
+    pub admin: SocketAddr,
     pub reload: usage_gateway::reload::ReloadHandle,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -267,18 +269,25 @@ impl Gateway {
             .await
             .expect("bind gateway");
         let addr = listener.local_addr().expect("local addr");
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin = admin_listener.local_addr().expect("local addr");
         let (stop, mut stopped) = watch::channel(false);
         let (reload, reloads) = usage_gateway::reload::channel();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            usage_gateway::run_reloadable(config, listener, shutdown, reloads)
+            let listeners = usage_gateway::Listeners {
+                api: listener,
+                admin: Some(admin_listener),
+            };
+            usage_gateway::serve(config, listeners, shutdown, reloads)
                 .await
                 .expect("the gateway runs");
         });
         Gateway {
             addr,
+            admin,
             reload,
             stop,
             task,
