@@ -196,6 +196,30 @@ fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
     assert_eq!(status_of(&addr, "old-key"), 401);
     assert_eq!(status_of(&addr, "new-key"), 502);
 
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&path, "[upstream\nthis is not toml").expect("break config");
+    let killed = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_for_line(&lines, "reload refused");
+    assert_eq!(status_of(&addr, "new-key"), 502);
+
+    // A caller added to the file works after the next reload.
+    let added = format!(
+        "{}[[callers]]\nname = \"ops\"\nkey = \"ops-key\"\n",
+        config(&hash("new-key"))
+    );
+    std::fs::write(&path, added).expect("rewrite config");
+    let killed = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_for_line(&lines, "configuration reloaded");
+    assert_eq!(status_of(&addr, "ops-key"), 502);
+
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let _ = child.0.wait();
 }

@@ -95,13 +95,17 @@ impl Admin {
                 }
             }
             ("/metrics", &Method::GET) => {
+                self.handles.cache.settle().await;
                 self.refresh_gauges();
                 text(
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     self.handles.metrics.encode(),
                 )
             }
-            ("/", &Method::GET) => text("text/html; charset=utf-8", page::render(&self.view())),
+            ("/", &Method::GET) => {
+                self.handles.cache.settle().await;
+                text("text/html; charset=utf-8", page::render(&self.view()))
+            }
             ("/cache/purge", &Method::POST) => self.purge(&request).await,
             ("/healthz" | "/readyz" | "/metrics" | "/" | "/cache/purge", _) => {
                 GatewayError::MethodNotAllowed.to_response()

@@ -159,6 +159,11 @@ impl CacheLayer {
         self.settings.store(Arc::new(Settings::from(config)));
     }
 
+    /// Brings the entry count and size up to date (moka applies some bookkeeping lazily).
+    pub async fn settle(&self) {
+        self.store.run_pending_tasks().await;
+    }
+
     /// Entries stored (approximate until moka's pending tasks run).
     pub fn entry_count(&self) -> u64 {
         self.store.entry_count()

@@ -299,6 +299,19 @@ impl Gateway {
         let _ = self.task.await;
     }
 
+    /// Starts the graceful shutdown without waiting for it to finish.
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits (bounded) until the gateway has finished shutting down.
+    pub async fn stopped(self) {
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the gateway stopped in time")
+            .expect("the gateway task ended cleanly");
+    }
+
     pub fn url(&self, target: &str) -> String {
         format!("http://{}{}", self.addr, target)
     }
@@ -353,6 +366,33 @@ pub async fn send(
         .request(request)
         .await
         .expect("the gateway answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+    }
+}
+
+/// `method path` on the admin listener.
+pub async fn admin(
+    gateway: &Gateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{}", gateway.admin, path));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Empty::<Bytes>::new()).expect("valid request");
+    let response = client()
+        .request(request)
+        .await
+        .expect("the admin listener answers");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("whole body").to_bytes();
     Answer {
