@@ -14,6 +14,7 @@ use crate::sim::{self, SimOptions, Simulator};
 #[derive(Debug)]
 pub struct Demo {
     gateway: SocketAddr,
+    admin: SocketAddr,
     upstream: SocketAddr,
     caller_key: String,
     sim_id: String,
@@ -80,6 +81,9 @@ impl Demo {
         ))?;
         let gateway_listener = bind(listen).await?;
         let gateway = local_addr(&gateway_listener, listen)?;
+        let admin_wanted = SocketAddr::new(listen.ip(), 0);
+        let admin_listener = bind(admin_wanted).await?;
+        let admin = local_addr(&admin_listener, admin_wanted)?;
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -96,13 +100,19 @@ impl Demo {
         let gateway_task = tokio::spawn({
             let stopped = until_stopped(stopped);
             async move {
-                if let Err(error) = crate::run(config, gateway_listener, stopped).await {
+                let listeners = crate::Listeners {
+                    api: gateway_listener,
+                    admin: Some(admin_listener),
+                };
+                let (_no_reloads, reloads) = crate::reload::channel();
+                if let Err(error) = crate::serve(config, listeners, stopped, reloads).await {
                     tracing::error!(%error, "the gateway stopped");
                 }
             }
         });
         Ok(Demo {
             gateway,
+            admin,
             upstream,
             caller_key,
             sim_id,
@@ -114,6 +124,11 @@ impl Demo {
 
     pub fn gateway_addr(&self) -> SocketAddr {
         self.gateway
+    }
+
+    /// The admin listener: status page, metrics, health.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 
     pub fn upstream_addr(&self) -> SocketAddr {
@@ -132,6 +147,7 @@ impl Demo {
         format!(
             "usage-gateway demo is running\n\
              \n  gateway    {base}  (caller key {key})\
+             \n  status     http://{admin}/  (status page; metrics at /metrics)\
              \n  upstream   usage-sim on http://{upstream} (a simulated Onomondo API; its token stays inside the gateway)\
              \n\
              \nTry these (run the first one twice: the second answer comes from the cache):\
@@ -146,6 +162,7 @@ impl Demo {
              \nPress Ctrl-C to stop.",
             key = self.caller_key,
             upstream = self.upstream,
+            admin = self.admin,
             sim = self.sim_id,
             tag = self.tag_id,
         )

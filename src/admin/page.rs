@@ -98,10 +98,20 @@ pub fn sparkline(title: &str, values: &[f64], unit: &str) -> String {
         );
     }
     let last = values.last().copied().unwrap_or(0.0);
+    // The newest point is marked, so one sample (right after start) still shows.
+    let dot = match values.len() {
+        0 => String::new(),
+        n => format!(
+            r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="#2b7bb9"/>"##,
+            (n - 1) as f64 * step,
+            HEIGHT - last * scale
+        ),
+    };
     format!(
-        r##"<figure><figcaption>{title}: <b>{last:.1}{unit}</b> <small>(max {max:.1})</small></figcaption><svg viewBox="0 -2 {WIDTH} {h}" width="{WIDTH}" height="{h}" role="img" aria-label="{title}"><polyline fill="none" stroke="#2b7bb9" stroke-width="2" points="{points}"/></svg></figure>"##,
+        r##"<figure><figcaption>{title}: <b>{last:.1}{unit}</b> <small>(max {max:.1})</small></figcaption><svg viewBox="-4 -4 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{title}"><rect x="-4" y="-4" width="{w}" height="{h}" fill="#f6f8fa"/><polyline fill="none" stroke="#2b7bb9" stroke-width="2" points="{points}"/>{dot}</svg></figure>"##,
         title = escape(title),
-        h = HEIGHT + 4.0,
+        w = WIDTH + 8.0,
+        h = HEIGHT + 8.0,
         points = points.trim_end(),
     )
 }
