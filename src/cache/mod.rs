@@ -217,13 +217,25 @@ pub struct Cache<S> {
 type BoxResponse =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
 
+/// What the cache needs of the service below it: it answers misses, and it can be sent to
+/// a fill task.
+pub trait Inner<B>:
+    Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Inner<B> for S where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
+        + Send
+        + 'static
+{
+}
+
 impl<S, B> Service<Request<B>> for Cache<S>
 where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner<B> + Clone,
     B: Send + 'static,
 {
     type Response = Response<ResponseBody>;
@@ -266,10 +278,7 @@ impl CacheLayer {
         request: Request<B>,
     ) -> Result<Response<ResponseBody>, GatewayError>
     where
-        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: Inner<B>,
         B: Send + 'static,
     {
         let facts = RequestFacts::of(request.extensions());
@@ -294,10 +303,7 @@ impl CacheLayer {
         facts: Option<&RequestFacts>,
     ) -> Result<Response<ResponseBody>, GatewayError>
     where
-        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: Inner<B>,
         B: Send + 'static,
     {
         let directives = RequestDirectives::from_headers(request.headers());
@@ -415,10 +421,7 @@ impl CacheLayer {
     /// on failure the stale entry simply stays.
     fn refresh_in_background<S, B>(&self, inner: S, key: CacheKey, mut request: Request<B>)
     where
-        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: Inner<B>,
         B: Send + 'static,
     {
         request.extensions_mut().insert(OnlyWithBudgetNow);
@@ -443,10 +446,7 @@ impl CacheLayer {
         request: Request<B>,
     ) -> futures_util::future::BoxFuture<'static, FillResult>
     where
-        S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: Inner<B>,
         B: Send + 'static,
     {
         let store = self.store.clone();

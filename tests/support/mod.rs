@@ -357,7 +357,12 @@ pub async fn send(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let mut builder = Request::builder().method(method).uri(gateway.url(target));
+    request(method, &gateway.url(target), headers).await
+}
+
+/// Sends `method url` with `headers` and reads the whole answer.
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut builder = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
@@ -365,7 +370,7 @@ pub async fn send(
     let response = client()
         .request(request)
         .await
-        .expect("the gateway answers");
+        .unwrap_or_else(|error| panic!("{url} answers: {error}"));
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("whole body").to_bytes();
     Answer {
@@ -382,24 +387,12 @@ pub async fn admin(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{}", gateway.admin, path));
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder.body(Empty::<Bytes>::new()).expect("valid request");
-    let response = client()
-        .request(request)
-        .await
-        .expect("the admin listener answers");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("whole body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
-    }
+    request(
+        method,
+        &format!("http://{}{}", gateway.admin, path),
+        headers,
+    )
+    .await
 }
 
 /// `GET target` as the billing caller.
