@@ -66,6 +66,7 @@ struct RawServer {
     listen: Option<String>,
     auth_failures_per_minute: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    worker_threads: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +237,8 @@ pub struct ServerConfig {
     pub auth_failures_per_minute: u32,
     /// How long in-flight requests may run on after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; `None` is one per core.
+    pub worker_threads: Option<usize>,
 }
 
 /// The operators' listener: health, readiness, metrics, status page, purge.
@@ -530,6 +533,10 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         3_600,
         &mut problems,
     ));
+    let worker_threads = raw
+        .server
+        .worker_threads
+        .map(|threads| bounded(threads, "server.worker_threads", 1, 1_024, &mut problems) as usize);
     let auth_failures_per_minute = narrow(bounded(
         raw.server
             .auth_failures_per_minute
@@ -551,6 +558,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
                 listen,
                 auth_failures_per_minute,
                 shutdown_grace,
+                worker_threads,
             },
             admin: AdminConfig {
                 listen: admin_listen,

@@ -65,14 +65,16 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| {
-            eprintln!("usage-gateway: cannot start the runtime: {error}");
-            ExitCode::FAILURE
-        })
+/// The runtime: `worker_threads` workers, or one per core when `None`.
+fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build().map_err(|error| {
+        eprintln!("usage-gateway: cannot start the runtime: {error}");
+        ExitCode::FAILURE
+    })
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {
@@ -81,7 +83,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     usage_gateway::telemetry::init(&config.log);
-    let runtime = match runtime() {
+    let runtime = match runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -160,7 +162,7 @@ fn gen_key() -> ExitCode {
 
 fn demo(listen: SocketAddr) -> ExitCode {
     usage_gateway::telemetry::init_default();
-    let runtime = match runtime() {
+    let runtime = match runtime(None) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

@@ -95,6 +95,9 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
     if running.server.shutdown_grace != next.server.shutdown_grace {
         changed.push("server.shutdown_grace_secs");
     }
+    if running.server.worker_threads != next.server.worker_threads {
+        changed.push("server.worker_threads");
+    }
     if running.log != next.log {
         changed.push("log");
     }
