@@ -1,10 +1,6 @@
 //! The `usage-gateway` command: run the gateway, check a configuration, hash a caller key, or
 //! start a self-contained demo.
 
-// Printing to stdout is this command's interface (summaries, hashes, demo instructions);
-// the library logs through tracing instead.
-#![allow(clippy::print_stdout)]
-
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,7 +117,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
 fn check(path: Option<PathBuf>) -> ExitCode {
     match Config::load(path.as_deref()) {
         Ok(config) => {
-            println!("configuration is valid\n{}", config.summary());
+            say(&format!("configuration is valid\n{}", config.summary()));
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -144,8 +140,14 @@ fn hash_stdin() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    println!("{}", hash_key(key));
+    say(&hash_key(key));
     ExitCode::SUCCESS
+}
+
+/// Prints a line to stdout; a closed pipe (`usage-gateway check | head -1`) is not an error.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn gen_key() -> ExitCode {
@@ -155,8 +157,10 @@ fn gen_key() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let key = format!("ugk_{}", hex::encode(bytes));
-    println!("key        = {key}");
-    println!("key_sha256 = \"{}\"", hash_key(&key));
+    say(&format!(
+        "key        = {key}\nkey_sha256 = \"{}\"",
+        hash_key(&key)
+    ));
     ExitCode::SUCCESS
 }
 
@@ -174,7 +178,7 @@ fn demo(listen: SocketAddr) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!("{}", demo.instructions());
+        say(&demo.instructions());
         shutdown_signal().await;
         demo.stop().await;
         ExitCode::SUCCESS

@@ -190,7 +190,9 @@ where
         Box::pin(
             async move {
                 let mut response = future.await?;
-                response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID.clone(), id.clone());
                 let duration = started.elapsed();
                 let facts = facts.snapshot();
                 let status = response.status().as_u16();
@@ -205,6 +207,7 @@ where
                     duration,
                 });
                 tracing::info!(
+                    request_id = id.to_str().unwrap_or_default(),
                     caller = facts.caller.as_deref(),
                     method = %method,
                     route,

@@ -140,7 +140,14 @@ async fn no_secret_in_any_response_or_log_line() {
         .iter()
         .find(|line| line["caller"] == "billing" && line["cache"] == "hit")
         .expect("the billing hit was logged");
-    for field in ["method", "route", "status", "cache", "duration_ms"] {
+    for field in [
+        "request_id",
+        "method",
+        "route",
+        "status",
+        "cache",
+        "duration_ms",
+    ] {
         assert!(!hit[field].is_null(), "{field} missing in {hit}");
     }
     assert!(hit["span"]["request_id"].is_string(), "{hit}");
