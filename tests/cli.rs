@@ -187,22 +187,14 @@ fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
 
     std::fs::write(&path, config(&hash("new-key"))).expect("rewrite config");
     let pid = child.0.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    hang_up(&pid);
     wait_for_line(&lines, "configuration reloaded");
     assert_eq!(status_of(&addr, "old-key"), 401);
     assert_eq!(status_of(&addr, "new-key"), 502);
 
     // A broken file is refused and the running configuration stays.
     std::fs::write(&path, "[upstream\nthis is not toml").expect("break config");
-    let killed = Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    hang_up(&pid);
     wait_for_line(&lines, "reload refused");
     assert_eq!(status_of(&addr, "new-key"), 502);
 
@@ -212,16 +204,21 @@ fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
         config(&hash("new-key"))
     );
     std::fs::write(&path, added).expect("rewrite config");
-    let killed = Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    hang_up(&pid);
     wait_for_line(&lines, "configuration reloaded");
     assert_eq!(status_of(&addr, "ops-key"), 502);
 
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let _ = child.0.wait();
+}
+
+/// Sends SIGHUP: the gateway reloads its file.
+fn hang_up(pid: &str) {
+    let sent = Command::new("kill")
+        .args(["-HUP", pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
 }
 
 /// The child's stdout, line by line, read on a thread so a test can wait with a deadline.

@@ -273,31 +273,6 @@ impl Upstream {
     }
 }
 
-impl<B> Service<Request<B>> for Upstream {
-    type Response = Response<ResponseBody>;
-    type Error = GatewayError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, GatewayError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let Some(query) = request.extensions().get::<UsageQuery>().cloned() else {
-            return Box::pin(std::future::ready(Err(GatewayError::Internal(
-                "the normalize layer must run before the upstream",
-            ))));
-        };
-        let wait = request.extensions().get::<OnlyWithBudgetNow>().is_none();
-        let facts = RequestFacts::of(request.extensions());
-        let caller = request
-            .extensions()
-            .get::<Caller>()
-            .map(|caller| caller.name.clone());
-        Box::pin(self.clone().fetch(query, wait, facts, caller))
-    }
-}
-
 /// The leaf of the stack: one [`Upstream`] per credential profile, chosen by the caller's
 /// profile, each with its own budget, breaker and concurrency bound.
 #[derive(Debug, Clone)]
@@ -343,16 +318,23 @@ impl<B> Service<Request<B>> for Upstreams {
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let index = request
-            .extensions()
-            .get::<Caller>()
-            .map_or(0, |caller| caller.policy.profile);
-        match self.profiles.get(index) {
-            Some(upstream) => upstream.clone().call(request),
-            None => Box::pin(std::future::ready(Err(GatewayError::Internal(
+        let extensions = request.extensions();
+        let Some(query) = extensions.get::<UsageQuery>().cloned() else {
+            return Box::pin(std::future::ready(Err(GatewayError::Internal(
+                "the normalize layer must run before the upstream",
+            ))));
+        };
+        let caller = extensions.get::<Caller>();
+        let index = caller.map_or(0, |caller| caller.policy.profile);
+        let Some(upstream) = self.profiles.get(index) else {
+            return Box::pin(std::future::ready(Err(GatewayError::Internal(
                 "a caller names a credential profile that does not exist",
-            )))),
-        }
+            ))));
+        };
+        let wait = extensions.get::<OnlyWithBudgetNow>().is_none();
+        let facts = RequestFacts::of(extensions);
+        let caller = caller.map(|caller| caller.name.clone());
+        Box::pin(upstream.clone().fetch(query, wait, facts, caller))
     }
 }
 
