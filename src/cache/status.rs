@@ -6,6 +6,8 @@ use http::header::{HeaderName, HeaderValue};
 /// Name this cache gives itself in `Cache-Status` (RFC 9211 §2).
 pub const CACHE_NAME: &str = "usage-gateway";
 
+const HIT_PREFIX: &str = "usage-gateway; hit; ttl=";
+
 /// The `Cache-Status` response header (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -95,6 +97,16 @@ impl CacheStatus {
 
     /// The `Cache-Status` value, as RFC 9211 §2 spells its parameters.
     pub fn header_value(self) -> HeaderValue {
+        // Hits are the hot path: build their value without the formatting machinery.
+        if let CacheStatus::Hit { ttl_secs } = self {
+            let mut digits = itoa::Buffer::new();
+            let ttl = digits.format(ttl_secs);
+            let mut value = Vec::with_capacity(HIT_PREFIX.len() + ttl.len());
+            value.extend_from_slice(HIT_PREFIX.as_bytes());
+            value.extend_from_slice(ttl.as_bytes());
+            return HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+                .expect("a hit's Cache-Status is ASCII");
+        }
         let text = match self {
             CacheStatus::Hit { ttl_secs } => format!("{CACHE_NAME}; hit; ttl={ttl_secs}"),
             CacheStatus::Stale {
