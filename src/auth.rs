@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures_util::future::{Either, Ready};
+use futures_util::future::Either;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, Request, Response};
 use sha2::{Digest, Sha256};
@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use crate::config::CallerConfig;
-use crate::error::{GatewayError, ResponseBody};
+use crate::error::{refuse, GateFuture, GatewayError, ResponseBody};
 use crate::lockout::{AuthFailures, ClientAddr};
 use crate::observe::RequestFacts;
 use crate::scope::Scope;
@@ -262,7 +262,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
-    type Future = Either<Ready<Result<Response<ResponseBody>, GatewayError>>, S::Future>;
+    type Future = GateFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
@@ -277,7 +277,7 @@ where
         if let Some(source) = source {
             if let Err(retry_after) = self.layer.failures.check(source, now) {
                 let refused = GatewayError::TooManyAuthFailures { retry_after };
-                return Either::Left(futures_util::future::ready(Err(refused)));
+                return refuse(refused);
             }
         }
         let presented = presented_key(request.headers());
@@ -303,7 +303,7 @@ where
                         );
                     }
                 }
-                Either::Left(futures_util::future::ready(Err(GatewayError::Unauthorized)))
+                refuse(GatewayError::Unauthorized)
             }
         }
     }

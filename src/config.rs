@@ -1102,6 +1102,16 @@ mod tests {
         key = "billing-key"
     "#;
 
+    /// Every key has a problem reported against it.
+    fn assert_problems(found: &[String], keys: &[&str]) {
+        for key in keys {
+            assert!(
+                found.iter().any(|p| p.starts_with(key)),
+                "no problem for {key} in {found:#?}"
+            );
+        }
+    }
+
     fn problems(text: &str) -> Vec<String> {
         Config::from_toml(text).expect_err("invalid").problems
     }
@@ -1158,21 +1168,18 @@ mod tests {
             key_sha256 = "abc"
             "#,
         );
-        let expected = [
-            "server.listen",
-            "upstream.base_url",
-            "upstream.token",
-            "upstream.timeout_ms",
-            "cache.ttl_secs",
-            "callers[0].name",
-            "callers[1] (ops).key_sha256",
-        ];
-        for key in expected {
-            assert!(
-                found.iter().any(|p| p.starts_with(key)),
-                "no problem for {key} in {found:#?}"
-            );
-        }
+        assert_problems(
+            &found,
+            &[
+                "server.listen",
+                "upstream.base_url",
+                "upstream.token",
+                "upstream.timeout_ms",
+                "cache.ttl_secs",
+                "callers[0].name",
+                "callers[1] (ops).key_sha256",
+            ],
+        );
     }
 
     #[test]
@@ -1310,17 +1317,15 @@ mod tests {
             upstream = "nowhere"
             "#
         ));
-        for expected in [
-            "upstreams[0].name",
-            "upstreams[1] (same-token).token",
-            "upstreams[2] (both)",
-            "callers[1] (lost).upstream",
-        ] {
-            assert!(
-                found.iter().any(|p| p.starts_with(expected)),
-                "no {expected} in {found:#?}"
-            );
-        }
+        assert_problems(
+            &found,
+            &[
+                "upstreams[0].name",
+                "upstreams[1] (same-token).token",
+                "upstreams[2] (both)",
+                "callers[1] (lost).upstream",
+            ],
+        );
     }
 
     #[test]
@@ -1358,17 +1363,15 @@ mod tests {
             sims = []
             "#
         ));
-        for expected in [
-            "callers[1] (bad).routes",
-            "callers[1] (bad).sims",
-            "callers[1] (bad).tags",
-            "callers[2] (empty).sims",
-        ] {
-            assert!(
-                found.iter().any(|p| p.starts_with(expected)),
-                "no {expected} in {found:#?}"
-            );
-        }
+        assert_problems(
+            &found,
+            &[
+                "callers[1] (bad).routes",
+                "callers[1] (bad).sims",
+                "callers[1] (bad).tags",
+                "callers[2] (empty).sims",
+            ],
+        );
     }
 
     #[test]

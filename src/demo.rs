@@ -131,10 +131,6 @@ impl Demo {
         self.admin
     }
 
-    pub fn upstream_addr(&self) -> SocketAddr {
-        self.upstream
-    }
-
     /// The generated caller key: printed for the user, as the demo's point is to try it.
     pub fn caller_key(&self) -> &str {
         &self.caller_key

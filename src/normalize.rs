@@ -7,11 +7,11 @@
 
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready};
+use futures_util::future::Either;
 use http::{Method, Request, Response};
 use tower::{Layer, Service};
 
-use crate::error::{GatewayError, ResponseBody};
+use crate::error::{refuse, GateFuture, GatewayError, ResponseBody};
 use crate::observe::RequestFacts;
 use crate::query::UsageQuery;
 
@@ -49,7 +49,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
-    type Future = Either<Ready<Result<Response<ResponseBody>, GatewayError>>, S::Future>;
+    type Future = GateFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
@@ -65,7 +65,7 @@ where
                 request.extensions_mut().insert(query);
                 Either::Right(self.inner.call(request))
             }
-            Err(error) => Either::Left(futures_util::future::ready(Err(error))),
+            Err(error) => refuse(error),
         }
     }
 }

@@ -8,12 +8,12 @@
 use std::collections::BTreeSet;
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready};
+use futures_util::future::Either;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::auth::Caller;
-use crate::error::{GatewayError, ResponseBody};
+use crate::error::{refuse, GateFuture, GatewayError, ResponseBody};
 use crate::query::{FilterKey, Route, UsageQuery};
 
 /// The three endpoints, as `[[callers]] routes` names them.
@@ -132,7 +132,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
-    type Future = Either<Ready<Result<Response<ResponseBody>, GatewayError>>, S::Future>;
+    type Future = GateFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
@@ -154,7 +154,7 @@ where
         };
         match verdict {
             Ok(()) => Either::Right(self.inner.call(request)),
-            Err(error) => Either::Left(futures_util::future::ready(Err(error))),
+            Err(error) => refuse(error),
         }
     }
 }

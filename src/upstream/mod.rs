@@ -296,10 +296,6 @@ impl Upstreams {
         })
     }
 
-    pub fn profile(&self, index: usize) -> Option<&Upstream> {
-        self.profiles.get(index)
-    }
-
     /// Each profile's name and shield: for reports.
     pub fn shields(&self) -> impl Iterator<Item = (&Arc<str>, &Shield)> {
         self.profiles
