@@ -415,3 +415,27 @@ impl SpawnGuarded for std::process::Command {
         KillOnDrop(self.spawn().expect("spawns"))
     }
 }
+
+#[tokio::test]
+async fn a_purge_by_tag_touches_only_that_tags_totals() {
+    let (upstream, gateway) = start().await;
+    let tag = "5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90";
+    get(&gateway, &format!("/usage/tag-total/{tag}")).await;
+    get(&gateway, "/usage/000000001").await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let purged = admin(
+        &gateway,
+        "POST",
+        &format!("/cache/purge?tag_id={tag}&hard=true"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(purged.json()["purged"], 1, "{}", purged.body);
+    let refetched = get(&gateway, &format!("/usage/tag-total/{tag}")).await;
+    assert_eq!(refetched.cache_status(), "usage-gateway; fwd=miss; stored");
+    assert!(get(&gateway, "/usage/000000001")
+        .await
+        .cache_status()
+        .contains("; hit;"));
+    assert_eq!(upstream.calls(), 3);
+}
