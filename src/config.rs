@@ -35,6 +35,12 @@ pub const DEFAULT_LATE_DATA_GRACE_SECS: u64 = 172_800;
 pub const DEFAULT_CLOSED_PERIOD_TTL_SECS: u64 = 86_400;
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u64 = 60;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+pub const DEFAULT_MAX_URI_BYTES: u64 = 8 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+pub const DEFAULT_MAX_FILTERS: u64 = 32;
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// The name `[[callers]] upstream` uses for the `[upstream]` table's own credential.
 pub const DEFAULT_PROFILE: &str = "default";
@@ -67,6 +73,11 @@ struct RawServer {
     auth_failures_per_minute: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     worker_threads: Option<u64>,
+    max_uri_bytes: Option<u64>,
+    max_header_bytes: Option<u64>,
+    max_filters: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +128,7 @@ impl fmt::Debug for RawUpstream {
 struct RawCache {
     ttl_secs: Option<u64>,
     max_bytes: Option<u64>,
+    max_entry_bytes: Option<u64>,
     stale_while_revalidate_secs: Option<u64>,
     stale_if_error_secs: Option<u64>,
     late_data_grace_secs: Option<u64>,
@@ -239,6 +251,36 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Runtime worker threads; `None` is one per core.
     pub worker_threads: Option<usize>,
+    /// What one request and one connection may cost (docs/SECURITY.md lists each limit).
+    pub limits: RequestLimits,
+}
+
+/// The bounds a hostile or broken client meets before any of its requests costs more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Longest request target (path and query); longer is 414.
+    pub max_uri_bytes: usize,
+    /// Most bytes of header names and values; more is 431.
+    pub max_header_bytes: usize,
+    /// Most `filter` parameters in one query; more is 400.
+    pub max_filters: usize,
+    /// How long a connection may take to send a request's headers, and may sit idle between
+    /// requests, before it is closed.
+    pub header_timeout: Duration,
+    /// Most client connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES as usize,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES as usize,
+            max_filters: DEFAULT_MAX_FILTERS as usize,
+            header_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+        }
+    }
 }
 
 /// The operators' listener: health, readiness, metrics, status page, purge.
@@ -307,6 +349,8 @@ pub struct UpstreamConfig {
 pub struct CacheConfig {
     pub ttl: Duration,
     pub max_bytes: u64,
+    /// The largest answer stored; larger answers are served but not stored.
+    pub max_entry_bytes: usize,
     /// An entry expired less than this long ago is served while one refresh runs.
     pub stale_while_revalidate: Duration,
     /// An entry expired less than this long ago is served when the upstream fails.
@@ -537,6 +581,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         .server
         .worker_threads
         .map(|threads| bounded(threads, "server.worker_threads", 1, 1_024, &mut problems) as usize);
+    let limits = validate_limits(&raw.server, &mut problems);
     let auth_failures_per_minute = narrow(bounded(
         raw.server
             .auth_failures_per_minute
@@ -559,6 +604,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
                 auth_failures_per_minute,
                 shutdown_grace,
                 worker_threads,
+                limits,
             },
             admin: AdminConfig {
                 listen: admin_listen,
@@ -574,6 +620,51 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             callers,
         }),
         _ => Err(ConfigError { problems }),
+    }
+}
+
+fn validate_limits(raw: &RawServer, problems: &mut Vec<String>) -> RequestLimits {
+    let mut setting = |value: Option<u64>, default: u64, key: &str, min: u64, max: u64| {
+        // Every bound below is far under usize::MAX on any platform the gateway builds for.
+        bounded(value.unwrap_or(default), key, min, max, problems) as usize
+    };
+    RequestLimits {
+        // hyper itself answers 414 past 64 KiB, whatever is configured here.
+        max_uri_bytes: setting(
+            raw.max_uri_bytes,
+            DEFAULT_MAX_URI_BYTES,
+            "server.max_uri_bytes",
+            256,
+            65_000,
+        ),
+        max_header_bytes: setting(
+            raw.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES,
+            "server.max_header_bytes",
+            1024,
+            1024 * 1024,
+        ),
+        max_filters: setting(
+            raw.max_filters,
+            DEFAULT_MAX_FILTERS,
+            "server.max_filters",
+            1,
+            1_000,
+        ),
+        header_timeout: Duration::from_millis(setting(
+            raw.header_timeout_ms,
+            DEFAULT_HEADER_TIMEOUT_MS,
+            "server.header_timeout_ms",
+            100,
+            600_000,
+        ) as u64),
+        max_connections: setting(
+            raw.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            "server.max_connections",
+            1,
+            1_000_000,
+        ),
     }
 }
 
@@ -863,9 +954,17 @@ fn validate_cache(raw: RawCache, problems: &mut Vec<String>) -> CacheConfig {
         u64::MAX,
         problems,
     );
+    let max_entry_bytes = bounded(
+        raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
+        "cache.max_entry_bytes",
+        1024,
+        crate::upstream::client::MAX_BODY_BYTES as u64,
+        problems,
+    );
     CacheConfig {
         ttl,
         max_bytes,
+        max_entry_bytes: usize::try_from(max_entry_bytes.min(max_bytes)).unwrap_or(usize::MAX),
         stale_while_revalidate,
         stale_if_error,
         late_data_grace,
@@ -1133,6 +1232,10 @@ mod tests {
             hex::decode(hash_key("billing-key")).expect("hex")
         );
         assert_eq!(config.server.auth_failures_per_minute, 60);
+        assert_eq!(config.server.limits, RequestLimits::default());
+        assert_eq!(config.server.limits.max_uri_bytes, 8 * 1024);
+        assert_eq!(config.server.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.cache.max_entry_bytes, 8 * 1024 * 1024);
         assert!(config.profiles.is_empty());
         assert_eq!(config.callers[0].scope, Scope::default());
     }
@@ -1180,6 +1283,33 @@ mod tests {
                 "callers[1] (ops).key_sha256",
             ],
         );
+    }
+
+    #[test]
+    fn request_limits_out_of_range_are_each_named() {
+        let found = problems(&format!(
+            "[server]\nmax_uri_bytes = 10\nmax_header_bytes = 0\nmax_filters = 0\nheader_timeout_ms = 5\nmax_connections = 0\n[cache]\nmax_entry_bytes = 99999999999\n{MINIMAL}"
+        ));
+        assert_problems(
+            &found,
+            &[
+                "server.max_uri_bytes",
+                "server.max_header_bytes",
+                "server.max_filters",
+                "server.header_timeout_ms",
+                "server.max_connections",
+                "cache.max_entry_bytes",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_entry_bound_above_the_cache_bound_is_the_cache_bound() {
+        let config = Config::from_toml(&format!(
+            "[cache]\nmax_bytes = 4096\nmax_entry_bytes = 8192\n{MINIMAL}"
+        ))
+        .expect("valid");
+        assert_eq!(config.cache.max_entry_bytes, 4096);
     }
 
     #[test]

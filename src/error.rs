@@ -65,6 +65,10 @@ pub enum GatewayError {
     TooManyAuthFailures { retry_after: Duration },
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("request target longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("request headers larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("invalid request: {0}")]
     InvalidRequest(InvalidRequest),
     #[error("the upstream refused the gateway's credential (HTTP {status})")]
@@ -104,6 +108,8 @@ impl GatewayError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamAuthFailed { .. }
             | Self::UpstreamStatus { .. }
@@ -127,6 +133,8 @@ impl GatewayError {
             Self::Forbidden(_) => "forbidden",
             Self::TooManyAuthFailures { .. } => "too_many_auth_failures",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UriTooLong { .. } => "uri_too_long",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::InvalidRequest(invalid) => invalid.code,
             Self::UpstreamAuthFailed { .. } => "upstream_auth_failed",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
@@ -148,6 +156,12 @@ impl GatewayError {
             Self::Unauthorized => "a valid API key is required: send `Authorization: Bearer <key>`, `Authorization: <key>` or `X-API-Key: <key>`".into(),
             Self::NotFound => "no such endpoint: the gateway serves GET /usage, GET /usage/{sim_id} and GET /usage/tag-total/{tag_id}".into(),
             Self::MethodNotAllowed => "only GET is allowed on this endpoint".into(),
+            Self::UriTooLong { limit } => format!(
+                "the request target is longer than the gateway accepts ({limit} bytes): ask with fewer or shorter filters"
+            ),
+            Self::HeadersTooLarge { limit } => format!(
+                "the request headers are larger than the gateway accepts ({limit} bytes of names and values)"
+            ),
             Self::Forbidden(why) => why.clone(),
             Self::TooManyAuthFailures { retry_after } => format!(
                 "too many failed authentications from this address; retry after {} seconds",
@@ -239,6 +253,8 @@ impl GatewayError {
             | Self::Forbidden(_)
             | Self::TooManyAuthFailures { .. }
             | Self::MethodNotAllowed
+            | Self::UriTooLong { .. }
+            | Self::HeadersTooLarge { .. }
             | Self::InvalidRequest(_)
             | Self::NotCached
             | Self::Internal(_) => false,
@@ -424,6 +440,8 @@ mod tests {
                 429,
             ),
             (GatewayError::MethodNotAllowed, 405),
+            (GatewayError::UriTooLong { limit: 1 }, 414),
+            (GatewayError::HeadersTooLarge { limit: 1 }, 431),
             (
                 GatewayError::InvalidRequest(InvalidRequest::new("x_invalid", "x")),
                 400,

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod limits;
 pub mod lockout;
 pub mod metrics;
 pub mod normalize;
@@ -91,13 +92,15 @@ pub async fn serve(
         "usage-gateway listening"
     );
     let grace = config.server.shutdown_grace;
+    let limits =
+        server::ConnectionLimits::new(&config.server.limits, handles.metrics.connections.clone());
     let reloading = tokio::spawn(reloads.apply(handles, config));
     let shutdown = async move {
         shutdown.await;
         draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: readiness is now 503");
     };
-    let served = server::serve(listeners.api, service, shutdown, grace).await;
+    let served = server::serve_with(listeners.api, service, shutdown, grace, limits).await;
     reloading.abort();
     history.abort();
     let _ = stop_admin.send(true);

@@ -95,6 +95,13 @@ pub struct CallerTotals {
     pub upstream_calls: u64,
 }
 
+/// The accept loop's counts: shared handles, so the loop holds them without the registry.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub refused: Counter,
+}
+
 /// Cumulative counts at one instant; the history keeps one every [`SAMPLE_EVERY`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sample {
@@ -130,6 +137,8 @@ pub struct Metrics {
     budget_remaining: Family<ProfileLabels, Gauge>,
     breaker_open: Family<ProfileLabels, Gauge>,
     errors: Family<CodeLabels, Counter>,
+    /// Client connections, for the accept loop (`server::ConnectionLimits`).
+    pub connections: ConnectionMetrics,
     totals: Totals,
     callers: Mutex<BTreeMap<Arc<str>, CallerTotals>>,
     history: Mutex<VecDeque<(Instant, Sample)>>,
@@ -163,6 +172,17 @@ impl Metrics {
         let budget_remaining = Family::default();
         let breaker_open = Family::default();
         let errors = Family::default();
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "usage_gateway_connections_open",
+            "Client connections open on the API listener",
+            connections.open.clone(),
+        );
+        registry.register(
+            "usage_gateway_connections_refused",
+            "Client connections closed at once because server.max_connections were open",
+            connections.refused.clone(),
+        );
         registry.register(
             "usage_gateway_requests",
             "Requests answered, by route, status and cache outcome",
@@ -237,6 +257,7 @@ impl Metrics {
             budget_remaining,
             breaker_open,
             errors,
+            connections,
             totals: Totals::default(),
             callers: Mutex::new(BTreeMap::new()),
             history: Mutex::new(VecDeque::with_capacity(SAMPLES_KEPT + 1)),

@@ -15,26 +15,39 @@ use crate::error::{refuse, GateFuture, GatewayError, ResponseBody};
 use crate::observe::RequestFacts;
 use crate::query::UsageQuery;
 
-#[derive(Debug, Clone, Default)]
-pub struct NormalizeLayer;
+#[derive(Debug, Clone)]
+pub struct NormalizeLayer {
+    /// `server.max_filters`: more filters in one query are refused.
+    max_filters: usize,
+}
+
+impl NormalizeLayer {
+    pub fn new(max_filters: usize) -> Self {
+        Self { max_filters }
+    }
+}
 
 impl<S> Layer<S> for NormalizeLayer {
     type Service = Normalize<S>;
 
     fn layer(&self, inner: S) -> Normalize<S> {
-        Normalize { inner }
+        Normalize {
+            inner,
+            max_filters: self.max_filters,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Normalize<S> {
     inner: S,
+    max_filters: usize,
 }
 
 /// What the request asks, or why it is refused. Pure, so it is tested without a service.
-pub fn classify<B>(request: &Request<B>) -> Result<UsageQuery, GatewayError> {
+pub fn classify<B>(request: &Request<B>, max_filters: usize) -> Result<UsageQuery, GatewayError> {
     let uri = request.uri();
-    let query = UsageQuery::parse(uri.path(), uri.query())
+    let query = UsageQuery::parse_within(uri.path(), uri.query(), max_filters)
         .map_err(GatewayError::InvalidRequest)?
         .ok_or(GatewayError::NotFound)?;
     if request.method() != Method::GET {
@@ -57,7 +70,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The method is checked after the path so that an unknown path is 404 whatever the method.
-        match classify(&request) {
+        match classify(&request, self.max_filters) {
             Ok(query) => {
                 if let Some(facts) = RequestFacts::of(request.extensions()) {
                     facts.set_route(query.route().name());
@@ -96,7 +109,7 @@ mod tests {
             (Method::GET, "/usage?limit=0", Err(400)),
         ];
         for (method, target, expected) in rows {
-            let got = classify(&request(method.clone(), target))
+            let got = classify(&request(method.clone(), target), 32)
                 .map(|q| q.canonical().to_owned())
                 .map_err(|e| e.status().as_u16());
             assert_eq!(got, expected.map(str::to_owned), "{method} {target}");
@@ -106,7 +119,7 @@ mod tests {
     #[tokio::test]
     async fn inner_service_sees_the_canonical_query() {
         let service = ServiceBuilder::new()
-            .layer(NormalizeLayer)
+            .layer(NormalizeLayer::new(32))
             .service(service_fn(|request: Request<()>| async move {
                 let query = request.extensions().get::<UsageQuery>().cloned();
                 let canonical = query.map(|q| q.canonical().to_owned()).unwrap_or_default();
@@ -126,7 +139,7 @@ mod tests {
     #[tokio::test]
     async fn refused_requests_never_reach_the_inner_service() {
         let service = ServiceBuilder::new()
-            .layer(NormalizeLayer)
+            .layer(NormalizeLayer::new(32))
             .service(service_fn(|_: Request<()>| async {
                 panic!("the inner service must not be called");
                 #[allow(unreachable_code)]

@@ -213,24 +213,53 @@ pub struct UsageQuery {
 }
 
 impl UsageQuery {
-    /// Parses a request path and its raw (still percent-encoded) query string.
+    /// Parses a request path and its raw (still percent-encoded) query string, with no bound
+    /// on the number of filters (callers' requests go through [`UsageQuery::parse_within`]).
     /// `Ok(None)` means the path is not one of the usage endpoints.
     pub fn parse(
         path: &str,
         raw_query: Option<&str>,
     ) -> Result<Option<UsageQuery>, InvalidRequest> {
+        Self::parse_within(path, raw_query, usize::MAX)
+    }
+
+    /// [`UsageQuery::parse`], refusing a query with more than `max_filters` filter parameters
+    /// (counted as written, before duplicates fold) before it parses any of them further.
+    pub fn parse_within(
+        path: &str,
+        raw_query: Option<&str>,
+        max_filters: usize,
+    ) -> Result<Option<UsageQuery>, InvalidRequest> {
         let Some(route) = Route::from_path(path)? else {
             return Ok(None);
         };
-        Self::parse_query(route, raw_query.unwrap_or("")).map(Some)
+        Self::parse_query_within(route, raw_query.unwrap_or(""), max_filters).map(Some)
     }
 
     /// Parses the query string of a known route.
     pub fn parse_query(route: Route, raw_query: &str) -> Result<UsageQuery, InvalidRequest> {
+        Self::parse_query_within(route, raw_query, usize::MAX)
+    }
+
+    fn parse_query_within(
+        route: Route,
+        raw_query: &str,
+        max_filters: usize,
+    ) -> Result<UsageQuery, InvalidRequest> {
         let mut builder = Builder::default();
+        let mut filters = 0usize;
         for pair in raw_query.split('&').filter(|pair| !pair.is_empty()) {
             let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = decode(raw_name, true).map_err(|()| not_utf8("a parameter name"))?;
+            if is_filter_name(&name) {
+                filters += 1;
+                if filters > max_filters {
+                    return Err(InvalidRequest::new(
+                        "too_many_filters",
+                        format!("the query has more than {max_filters} filter parameters, the most the gateway accepts in one question"),
+                    ));
+                }
+            }
             builder.add(&route, &name, raw_value)?;
         }
         Ok(builder.finish(route))
@@ -818,6 +847,25 @@ mod tests {
         let error =
             UsageQuery::parse("/usage", Some(&format!("filter=time:{long}"))).expect_err("invalid");
         assert!(error.message.len() < 400, "{}", error.message.len());
+    }
+
+    #[test]
+    fn more_filters_than_the_limit_are_refused_counting_repeats() {
+        let filters = |n: usize| vec!["filter=sim_id:000000001"; n].join("&");
+        let at_limit = UsageQuery::parse_within("/usage", Some(&filters(3)), 3)
+            .expect("three filters are within a limit of three");
+        assert_eq!(at_limit.map(|q| q.filters().len()), Some(1));
+        let error = UsageQuery::parse_within("/usage", Some(&filters(4)), 3)
+            .expect_err("a fourth filter, even a repeat, is one too many");
+        assert_eq!(error.code, "too_many_filters");
+        assert!(
+            error.message.contains("more than 3 filter"),
+            "{}",
+            error.message
+        );
+        let other = UsageQuery::parse_within("/usage", Some("limit=5&offset=10&group=hours"), 1)
+            .expect("other parameters are not filters");
+        assert!(other.is_some());
     }
 
     #[test]

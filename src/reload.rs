@@ -98,6 +98,12 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
     if running.server.worker_threads != next.server.worker_threads {
         changed.push("server.worker_threads");
     }
+    if running.server.limits != next.server.limits {
+        changed.push("server limits (max_uri_bytes, max_header_bytes, max_filters, header_timeout_ms, max_connections)");
+    }
+    if running.cache.max_entry_bytes != next.cache.max_entry_bytes {
+        changed.push("cache.max_entry_bytes");
+    }
     if running.log != next.log {
         changed.push("log");
     }

@@ -13,6 +13,7 @@ use crate::auth::{AuthLayer, Callers};
 use crate::cache::{CacheLayer, CredentialId};
 use crate::config::Config;
 use crate::error::ErrorBoundaryLayer;
+use crate::limits::RequestLimitsLayer;
 use crate::lockout::AuthFailures;
 use crate::metrics::Metrics;
 use crate::normalize::NormalizeLayer;
@@ -74,10 +75,12 @@ where
         .layer(ObserveLayer::new(metrics.clone()))
         // The one error boundary: every GatewayError below becomes its JSON response here.
         .layer(ErrorBoundaryLayer)
+        // Oversized or body-carrying requests are refused before anything reads them.
+        .layer(RequestLimitsLayer::new(config.server.limits))
         // Who is calling comes first: nothing about a request is examined for strangers.
         .layer(AuthLayer::new(callers.clone(), failures))
         // Then what they ask, so only canonical, valid questions go further.
-        .layer(NormalizeLayer)
+        .layer(NormalizeLayer::new(config.server.limits.max_filters))
         // Whether they may ask it, before it can cost a cache entry or an upstream call.
         .layer(ScopeLayer)
         // Repeats and identical concurrent misses stop here.

@@ -3,67 +3,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use usage_gateway::sim::SimOptions;
 
-use serde_json::Value;
-use tokio::sync::watch;
-use usage_gateway::sim::{serve, SimOptions, Simulator};
-
-use support::{get, Gateway, ORG_TOKEN};
-
-struct Sim {
-    addr: SocketAddr,
-    sim: Simulator,
-    _stop: watch::Sender<bool>,
-}
-
-async fn start_sim(options: SimOptions) -> Sim {
-    let sim = Simulator::new(SimOptions {
-        keys: vec![ORG_TOKEN.to_owned()],
-        ..options
-    })
-    .expect("valid simulator options");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, mut stopped) = watch::channel(false);
-    let serving = sim.clone();
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        };
-        serve(serving, listener, shutdown)
-            .await
-            .expect("the simulator runs");
-    });
-    Sim {
-        addr,
-        sim,
-        _stop: stop,
-    }
-}
-
-fn small() -> SimOptions {
-    SimOptions {
-        sims: 12,
-        tags: 3,
-        hours: 24 * 10,
-        ..SimOptions::default()
-    }
-}
-
-async fn sim_json(sim: &Sim, path: &str) -> Value {
-    let answer = support::client()
-        .get(format!("http://{}{path}", sim.addr).parse().expect("uri"))
-        .await
-        .expect("the simulator answers");
-    let body = http_body_util::BodyExt::collect(answer.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    serde_json::from_slice(&body).expect("JSON")
-}
+use support::sim::{sim_json, small, start_sim, Sim};
+use support::{get, Gateway};
 
 async fn gateway_for(sim: &Sim) -> Gateway {
     Gateway::start(support::config(&format!("http://{}", sim.addr))).await

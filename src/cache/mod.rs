@@ -53,9 +53,6 @@ use crate::observe::RequestFacts;
 use crate::query::{FilterKey, Route, UsageQuery};
 use crate::upstream::OnlyWithBudgetNow;
 
-/// The largest answer stored as one entry; larger ones are served but not stored.
-pub const MAX_ENTRY_BYTES: usize = 8 * 1024 * 1024;
-
 type Store = moka::future::Cache<CacheKey, Arc<CachedResponse>>;
 
 /// Why a fill produced no entry; shared by every request that waited for it.
@@ -142,15 +139,12 @@ impl CacheLayer {
                 settings: settings.clone(),
             })
             .build();
-        let max_entry_bytes = usize::try_from(config.max_bytes)
-            .unwrap_or(usize::MAX)
-            .min(MAX_ENTRY_BYTES);
         Self {
             store,
             flights: Flights::default(),
             credentials: credentials.into(),
             settings,
-            max_entry_bytes,
+            max_entry_bytes: config.max_entry_bytes,
         }
     }
 
@@ -537,6 +531,7 @@ mod tests {
         CacheConfig {
             ttl: Duration::from_secs(60),
             max_bytes: 1024 * 1024,
+            max_entry_bytes: 64 * 1024,
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(3600),
             late_data_grace: Duration::from_secs(172_800),

@@ -3,7 +3,9 @@
 //! Guarantees:
 //! - of the upstream's response headers only `Content-Type` and `Cache-Control` are kept
 //!   (so `Set-Cookie`, hop-by-hop headers (RFC 9110 §7.6.1) and anything else stay behind);
-//! - redirects are never followed, and a body larger than [`MAX_BODY_BYTES`] is refused;
+//! - redirects are never followed, and a body larger than [`MAX_BODY_BYTES`] (decoded) is refused;
+//! - gzip is asked for and decoded here, so the cache holds and callers get plain JSON whatever
+//!   their `Accept-Encoding`; a 200 whose body is not JSON is refused, never cached;
 //! - the upstream status is mapped by [`classify`]: the caller's mistakes pass through, the
 //!   gateway's credential problems and the upstream's failures become gateway errors;
 //! - every answer's `x-ratelimit-*` headers (and a 429's `Retry-After`) are read into a
@@ -20,6 +22,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+use tower_http::decompression::Decompression;
 
 use super::breaker::Outcome;
 use super::budget::RateLimitReport;
@@ -33,11 +37,12 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Never tell a caller to wait longer than this, whatever the upstream claims.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// The pooled HTTP(S) client every upstream call goes through.
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// The pooled HTTP(S) client every upstream call goes through, decoding gzip answers.
+pub type HttpsClient = Decompression<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>;
 
 /// Builds the pooled client: rustls with the webpki roots, HTTP/1.1 and HTTP/2 (ALPN);
-/// plain `http://` for local test upstreams.
+/// plain `http://` for local test upstreams. It sends `Accept-Encoding: gzip` (a full page of
+/// usage JSON shrinks several times) and decodes what comes back.
 pub fn https_client() -> HttpsClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
@@ -48,7 +53,7 @@ pub fn https_client() -> HttpsClient {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(https)
+    Decompression::new(Client::builder(TokioExecutor::new()).build(https))
 }
 
 /// What the upstream's status means for the caller.
@@ -125,6 +130,11 @@ pub fn rate_limit_report(
     }
 }
 
+/// Whether `body` is one well-formed JSON value (validated, not built).
+pub fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
 /// What one exchange produced, for the caller, the budget and the breaker.
 #[derive(Debug)]
 pub struct Exchanged {
@@ -144,7 +154,7 @@ fn epoch_secs() -> u64 {
 
 /// One upstream request and its whole body.
 pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> Exchanged {
-    let response = match client.request(request).await {
+    let response = match client.clone().oneshot(request).await {
         Ok(response) => response,
         Err(error) => {
             return Exchanged {
@@ -189,10 +199,17 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
     let body = Limited::new(body, MAX_BODY_BYTES).collect().await;
     let result = match body {
         Ok(collected) => {
-            let mut response = Response::new(Full::new(collected.to_bytes()));
-            *response.status_mut() = parts.status;
-            *response.headers_mut() = kept_headers(&parts.headers);
-            Ok(response)
+            let bytes = collected.to_bytes();
+            if verdict == Verdict::Answer && !is_json(&bytes) {
+                Err(GatewayError::UpstreamInvalidResponse {
+                    reason: "a 200 answer whose body is not JSON",
+                })
+            } else {
+                let mut response = Response::new(Full::new(bytes));
+                *response.status_mut() = parts.status;
+                *response.headers_mut() = kept_headers(&parts.headers);
+                Ok(response)
+            }
         }
         Err(error) => Err(match error.downcast::<http_body_util::LengthLimitError>() {
             Ok(_) => GatewayError::UpstreamInvalidResponse {
@@ -271,6 +288,22 @@ mod tests {
         ];
         for (map, secs) in rows {
             assert_eq!(retry_after(&map, now), Duration::from_secs(secs), "{map:?}");
+        }
+    }
+
+    #[test]
+    fn only_one_whole_json_value_is_json() {
+        let rows: [(&[u8], bool); 7] = [
+            (br#"{"usage":[]}"#, true),
+            (b" [1, 2] \n", true),
+            (b"<html><body>upstream maintenance</body></html>", false),
+            (br#"{"usage":["#, false),
+            (br#"{"a":1}{"b":2}"#, false),
+            (b"", false),
+            (b"\xff\xfe", false),
+        ];
+        for (body, json) in rows {
+            assert_eq!(is_json(body), json, "{:?}", String::from_utf8_lossy(body));
         }
     }
 

@@ -2,6 +2,8 @@
 //! `127.0.0.1:0`, and a small client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod sim;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -380,6 +382,26 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Answe
     }
 }
 
+/// `POST url` with a JSON body.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> Answer {
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid request");
+    let response = Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>()
+        .request(request)
+        .await
+        .unwrap_or_else(|error| panic!("{url} answers: {error}"));
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+    }
+}
+
 /// `method path` on the admin listener.
 pub async fn admin(
     gateway: &Gateway,
@@ -412,4 +434,50 @@ pub fn epoch_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
+}
+
+/// What came back on a raw connection, read until the server closed it (or 5 s passed).
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    /// Everything received, as text (lossy).
+    pub text: String,
+    /// Whether the server closed the connection within the bound.
+    pub closed: bool,
+}
+
+impl RawReply {
+    /// The status codes of every response in `text`, in order.
+    pub fn statuses(&self) -> Vec<u16> {
+        self.text
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| self.text.get(at + 9..at + 12)?.parse().ok())
+            .collect()
+    }
+
+    /// The body of the last response (after its blank line).
+    pub fn body(&self) -> &str {
+        self.text.rsplit("\r\n\r\n").next().unwrap_or("")
+    }
+}
+
+/// Writes `bytes` as they are to `addr` and reads until the server closes the connection.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    RawReply {
+        text: String::from_utf8_lossy(&received).into_owned(),
+        closed: read.is_ok(),
+    }
 }

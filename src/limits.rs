@@ -1,0 +1,188 @@
+//! `RequestLimitsLayer`: a request's size is checked before any other layer looks at it.
+//!
+//! - a request target longer than `server.max_uri_bytes` is 414 `uri_too_long`;
+//! - header names and values over `server.max_header_bytes` in all are 431 `headers_too_large`;
+//! - a GET that carries a body (`Content-Length` above 0, or any `Transfer-Encoding`) is 400
+//!   `body_not_allowed`: the API's questions are all in the URL, a body is never read or
+//!   forwarded, and refusing it outright leaves no room for a proxy in front to disagree with us
+//!   about where the next request starts.
+//!
+//! These are the gateway's own, JSON-answered limits. The connection-level backstops (hyper's
+//! bound on the whole request head, the header read timeout, the connection cap) live in
+//! `server.rs`; docs/SECURITY.md lists them all.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::Either;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, Request, Response};
+use tower::{Layer, Service};
+
+use crate::config::RequestLimits;
+use crate::error::{refuse, GateFuture, GatewayError, InvalidRequest, ResponseBody};
+
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimitsLayer {
+    limits: RequestLimits,
+}
+
+impl RequestLimitsLayer {
+    pub fn new(limits: RequestLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> Layer<S> for RequestLimitsLayer {
+    type Service = RequestLimited<S>;
+
+    fn layer(&self, inner: S) -> RequestLimited<S> {
+        RequestLimited {
+            inner,
+            limits: self.limits,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestLimited<S> {
+    inner: S,
+    limits: RequestLimits,
+}
+
+/// Why a request is refused before it is looked at, if it is. Pure, so it is tested alone.
+pub fn check<B>(request: &Request<B>, limits: &RequestLimits) -> Result<(), GatewayError> {
+    let uri = request.uri();
+    // Absolute-form targets (`GET http://host/usage`) count their authority too.
+    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return Err(GatewayError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    if request.method() == Method::GET && has_body(request) {
+        return Err(GatewayError::InvalidRequest(InvalidRequest::new(
+            "body_not_allowed",
+            "a GET to the gateway carries no body: every usage question is in the URL",
+        )));
+    }
+    Ok(())
+}
+
+fn has_body<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|length| length.as_bytes() != b"0")
+}
+
+impl<S, B> Service<Request<B>> for RequestLimited<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = GatewayError;
+    type Future = GateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match check(&request, &self.limits) {
+            Ok(()) => Either::Right(self.inner.call(request)),
+            Err(error) => refuse(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> RequestLimits {
+        RequestLimits {
+            max_uri_bytes: 64,
+            max_header_bytes: 100,
+            ..RequestLimits::default()
+        }
+    }
+
+    fn refusal(request: Request<()>) -> Option<&'static str> {
+        check(&request, &limits()).err().map(|error| error.code())
+    }
+
+    fn get(target: &str) -> http::request::Builder {
+        Request::builder().method(Method::GET).uri(target)
+    }
+
+    #[test]
+    fn a_target_at_the_limit_passes_and_one_byte_more_is_too_long() {
+        let at_limit = format!("/usage?limit=1&x={}", "a".repeat(64 - 17));
+        assert_eq!(at_limit.len(), 64);
+        assert_eq!(refusal(get(&at_limit).body(()).expect("request")), None);
+        let over = format!("{at_limit}b");
+        assert_eq!(
+            refusal(get(&over).body(()).expect("request")),
+            Some("uri_too_long")
+        );
+    }
+
+    #[test]
+    fn an_absolute_form_target_counts_its_authority() {
+        let path = format!("/usage?x={}", "a".repeat(40));
+        assert_eq!(refusal(get(&path).body(()).expect("request")), None);
+        let absolute = format!("http://a-rather-long-host.example{path}");
+        assert_eq!(
+            refusal(get(&absolute).body(()).expect("request")),
+            Some("uri_too_long")
+        );
+    }
+
+    #[test]
+    fn header_names_and_values_count_towards_the_header_limit() {
+        let fits = get("/usage").header("x-a", "v".repeat(97)).body(());
+        assert_eq!(refusal(fits.expect("request")), None);
+        let over = get("/usage")
+            .header("x-a", "v".repeat(90))
+            .header("x-b", "v".repeat(10))
+            .body(());
+        assert_eq!(refusal(over.expect("request")), Some("headers_too_large"));
+    }
+
+    #[test]
+    fn a_get_with_a_body_is_refused_and_an_empty_one_is_not() {
+        let rows = [
+            (Some(("content-length", "0")), None),
+            (None, None),
+            (Some(("content-length", "5")), Some("body_not_allowed")),
+            (
+                Some(("transfer-encoding", "chunked")),
+                Some("body_not_allowed"),
+            ),
+        ];
+        for (header, expected) in rows {
+            let mut request = get("/usage");
+            if let Some((name, value)) = header {
+                request = request.header(name, value);
+            }
+            assert_eq!(
+                refusal(request.body(()).expect("request")),
+                expected,
+                "{header:?}"
+            );
+        }
+    }
+}
