@@ -900,7 +900,16 @@ async fn injected_faults_follow_the_runtime_settings() {
         .json();
     assert_eq!(
         r,
-        json!({"fail_rate": 1.0, "status": 503, "latency_ms": 0, "jitter_ms": 0})
+        json!({
+            "fail_rate": 1.0,
+            "status": 503,
+            "latency_ms": 0,
+            "jitter_ms": 0,
+            "misbehavior": "none",
+            "misbehavior_rate": 1.0,
+            "oversized_bytes": 9_437_184,
+            "trickle_ms": 200
+        })
     );
     let f = s.get("/usage").await;
     assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -1,12 +1,14 @@
 //! Simulator control endpoints under `/__sim/` (§8.3; not part of the upstream API).
 //!
-//! - `GET /__sim/stats`: counters, rate-limit state and the clock.
+//! - `GET /__sim/stats`: counters (misbehaving answers by mode included), rate-limit state and
+//!   the clock.
 //! - `GET /__sim/requests`: the last 1000 API requests, oldest first.
 //! - `POST /__sim/reset`: clears counters, the request log, rate-limit windows and the request
 //!   counter that numbers fault draws (the clock and fault settings stay).
 //! - `GET|POST /__sim/clock`: `{"now": "<rfc3339>"}` or `{"advance_s": N}`; answers `{"now"}`.
-//! - `GET|POST /__sim/faults`: any subset of `{fail_rate, status, latency_ms, jitter_ms}`;
-//!   answers the new fault state.
+//! - `GET|POST /__sim/faults`: any subset of `{fail_rate, status, latency_ms, jitter_ms,
+//!   misbehavior, misbehavior_rate, oversized_bytes, trickle_ms}`; answers the new fault state.
+//!   An invalid update is a 400 and changes nothing; one out of range names its field.
 //!
 //! Guarantees: control requests are never counted or logged, never rate limited, and with
 //! `--admin-token` require `X-Sim-Admin: <token>` (compared in constant time). Bodies are

@@ -3,20 +3,26 @@
 //!
 //! Guarantees: the same `SimOptions` give byte-identical responses to the same requests; all
 //! data is generated and serialized once in `Simulator::new`, so serving is lookups and
-//! copies; every response, errors included, is JSON with a correct `Content-Length`; every
-//! upstream behaviour the spec marks as a guess is a switch in `SimOptions`.
+//! copies; every response, errors included, is JSON with a correct `Content-Length` unless a
+//! misbehavior (`--misbehavior`) is switched on; every upstream behaviour the spec marks as a
+//! guess is a switch in `SimOptions`.
 //!
 //! Layout: `options` (CLI), `data` (generator and views), `query` (parameter parsing), `cursor`
 //! (`next_page`), `page` (selection and rendering), `auth`, `ratelimit`, `faults`, `clock`,
-//! `stats`, `control` (`/__sim/*`), `service` (hyper handler and `serve`).
+//! `stats`, `control` (`/__sim/*`), `misbehave` (the misbehaving answers of `--misbehavior`),
+//! `body` (whole, trickled and cut-short bodies), `conn` (the per-connection handle cut-short
+//! bodies use), `service` (hyper handler and `serve`).
 
 mod auth;
+mod body;
 mod calendar;
 mod clock;
+mod conn;
 mod control;
 mod cursor;
 mod data;
 mod faults;
+mod misbehave;
 mod options;
 mod page;
 mod query;
@@ -27,6 +33,7 @@ mod stats;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+pub use faults::Misbehavior;
 pub use options::{AuthMode, CursorMode, RateAlign, RateScope, RecordShape, SimOptions};
 pub use service::serve;
 
@@ -35,7 +42,7 @@ use calendar::MS_PER_HOUR;
 use clock::Clock;
 use cursor::Cursors;
 use data::{Data, GenParams};
-use faults::{FaultState, Faults};
+use faults::{FaultState, Faults, MAX_OVERSIZED_BYTES};
 use ratelimit::{Limiter, RateConfig};
 use stats::Stats;
 
@@ -58,6 +65,10 @@ pub enum SimError {
     Activity(f64),
     #[error("--fail-rate must lie in 0..=1, got {0}")]
     FailRate(f64),
+    #[error("--misbehavior-rate must lie in 0..=1, got {0}")]
+    MisbehaviorRate(f64),
+    #[error("--oversized-bytes must lie in 1..=1073741824, got {0}")]
+    OversizedBytes(u64),
     #[error("--sims must be at most 999999999 (sim ids have 9 digits), got {0}")]
     TooManySims(u32),
     #[error("--tags must be at most 65535, got {0}")]
@@ -112,6 +123,12 @@ fn validate(o: &SimOptions) -> Result<(), SimError> {
     }
     if !(0.0..=1.0).contains(&o.fail_rate) {
         return Err(SimError::FailRate(o.fail_rate));
+    }
+    if !(0.0..=1.0).contains(&o.misbehavior_rate) {
+        return Err(SimError::MisbehaviorRate(o.misbehavior_rate));
+    }
+    if !(1..=MAX_OVERSIZED_BYTES).contains(&o.oversized_bytes) {
+        return Err(SimError::OversizedBytes(o.oversized_bytes));
     }
     if o.sims > 999_999_999 {
         return Err(SimError::TooManySims(o.sims));
@@ -200,6 +217,10 @@ impl Simulator {
                 status: 503,
                 latency_ms: options.latency_ms,
                 jitter_ms: options.jitter_ms,
+                misbehavior: options.misbehavior,
+                misbehavior_rate: options.misbehavior_rate,
+                oversized_bytes: options.oversized_bytes,
+                trickle_ms: options.trickle_ms,
             }),
             cursors: Cursors::new(options.cursor_mode, options.seed),
             counter: AtomicU64::new(0),
@@ -250,6 +271,20 @@ mod tests {
                     ..small()
                 },
                 "--activity",
+            ),
+            (
+                SimOptions {
+                    misbehavior_rate: 2.0,
+                    ..small()
+                },
+                "--misbehavior-rate",
+            ),
+            (
+                SimOptions {
+                    oversized_bytes: 0,
+                    ..small()
+                },
+                "--oversized-bytes",
             ),
             (
                 SimOptions {

@@ -11,6 +11,8 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::datetime;
 use time::OffsetDateTime;
 
+use super::faults::Misbehavior;
+
 /// Which `Authorization` forms are accepted (§8.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
@@ -137,6 +139,19 @@ pub struct SimOptions {
     /// Fraction of API requests answered with an injected 503 (0..=1).
     #[arg(long, env = "USAGE_SIM_FAIL_RATE", default_value_t = 0.0)]
     pub fail_rate: f64,
+    /// How eligible answers (would-be 200s of the usage routes) go wrong: `none`,
+    /// `reset_mid_body`, `short_body`, `not_json`, `oversized`, `trickle`, `redirect` or `gzip`.
+    #[arg(long, env = "USAGE_SIM_MISBEHAVIOR", value_enum, default_value_t = Misbehavior::None)]
+    pub misbehavior: Misbehavior,
+    /// Fraction of eligible answers that misbehave (0..=1), deterministic from (seed, request counter).
+    #[arg(long, env = "USAGE_SIM_MISBEHAVIOR_RATE", default_value_t = 1.0)]
+    pub misbehavior_rate: f64,
+    /// Minimum body length of an `oversized` answer, in bytes (1..=1073741824).
+    #[arg(long, env = "USAGE_SIM_OVERSIZED_BYTES", default_value_t = 9_437_184)]
+    pub oversized_bytes: u64,
+    /// Pause before each of a `trickle` answer's chunks after the first, in milliseconds.
+    #[arg(long, env = "USAGE_SIM_TRICKLE_MS", default_value_t = 200)]
+    pub trickle_ms: u64,
     /// If set, `/__sim/*` requires `X-Sim-Admin: <token>`.
     #[arg(long, env = "USAGE_SIM_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
@@ -168,6 +183,10 @@ impl Default for SimOptions {
             latency_ms: 0,
             jitter_ms: 0,
             fail_rate: 0.0,
+            misbehavior: Misbehavior::None,
+            misbehavior_rate: 1.0,
+            oversized_bytes: 9_437_184,
+            trickle_ms: 200,
             admin_token: None,
         }
     }
@@ -228,6 +247,27 @@ mod tests {
         assert_eq!(parsed.options.rate_scope, RateScope::Off);
         assert_eq!(parsed.options.keys.len(), 2);
         assert!(parsed.options.now.is_some());
+    }
+
+    #[test]
+    fn misbehavior_flags_parse_with_snake_case_modes() {
+        let parsed = Cli::try_parse_from([
+            "usage-sim",
+            "--misbehavior",
+            "reset_mid_body",
+            "--misbehavior-rate",
+            "0.5",
+            "--oversized-bytes",
+            "1024",
+            "--trickle-ms",
+            "30",
+        ])
+        .expect("valid args parse");
+        assert_eq!(parsed.options.misbehavior, Misbehavior::ResetMidBody);
+        assert_eq!(parsed.options.misbehavior_rate, 0.5);
+        assert_eq!(parsed.options.oversized_bytes, 1024);
+        assert_eq!(parsed.options.trickle_ms, 30);
+        assert!(Cli::try_parse_from(["usage-sim", "--misbehavior", "reset-mid-body"]).is_err());
     }
 
     #[test]

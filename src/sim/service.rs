@@ -3,29 +3,38 @@
 //! Order of checks for an API request (§8.4, §8.6, §8.7): latency injection; auth (401, not
 //! counted by the limiter); rate limit (429); route (404 `not_found`); method (405); injected
 //! failure (5xx); query validation (400s); resource lookup (404 `sim_not_found` /
-//! `tag_not_found`); the page. Every response to an authenticated request carries the three
-//! `x-ratelimit-*` headers (unless `--rate-scope off`), and every response is
-//! `application/json; charset=utf-8` with an explicit `Content-Length`.
+//! `tag_not_found`); the page, or instead a misbehaving answer (`super::misbehave`) if the
+//! fault plan draws one for this request number. Every response to an authenticated request
+//! carries the three `x-ratelimit-*` headers (unless `--rate-scope off`), and every response is
+//! labelled `application/json; charset=utf-8` with an explicit `Content-Length` (only a
+//! misbehaving answer breaks either promise).
 //!
-//! `serve` runs the handler on the gateway's own accept loop (`crate::server`): HTTP/1.1 and
-//! HTTP/2, `TCP_NODELAY`, graceful shutdown.
+//! `serve` is the gateway's accept loop (`crate::server`) with one addition: each connection's
+//! socket is a `conn::SimIo`, so a misbehaving body can wait for its bytes to be flushed and
+//! can make the connection's close a TCP reset. HTTP/1.1 and HTTP/2, `TCP_NODELAY`, graceful
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
+use super::conn::{Conn, SimIo};
 use super::control;
 use super::cursor::{fingerprint, Fingerprint};
-use super::faults::{fault_code, plan};
+use super::faults::{fault_code, plan, FaultPlan};
+use super::misbehave;
 use super::options::{CursorMode, RateScope};
 use super::page::{render_tag, render_usage, tag_rows, tag_rows_bound, Selection};
 use super::query::{self, FilterKeys, Strictness, UsageQuery};
@@ -33,14 +42,19 @@ use super::ratelimit::Decision;
 use super::stats::{Endpoint, LoggedAuth, Observation};
 use super::{Inner, Simulator};
 
-pub(crate) type Body = Full<Bytes>;
+pub(crate) use super::body::Body;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
 
 /// A JSON response with the headers every simulator response carries.
 pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
     let len = body.len();
-    let mut res = Response::new(Full::new(body));
+    json_head(status, Body::whole(body), len)
+}
+
+/// `json_response` for a body that is not sent whole; `len` is the announced length.
+pub(crate) fn json_head(status: StatusCode, body: Body, len: usize) -> Response<Body> {
+    let mut res = Response::new(body);
     *res.status_mut() = status;
     res.headers_mut().insert(CONTENT_TYPE, JSON);
     res.headers_mut()
@@ -251,7 +265,8 @@ fn respond(
     req: &Request<Incoming>,
     route: Route<'_>,
     key: &ApiKey,
-    fail: Option<u16>,
+    fault: &FaultPlan,
+    conn: &Arc<Conn>,
 ) -> Response<Body> {
     if route == Route::NotFound {
         return error_response(StatusCode::NOT_FOUND, "not_found");
@@ -259,7 +274,7 @@ fn respond(
     if req.method() != Method::GET {
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     }
-    if let Some(status) = fail {
+    if let Some(status) = fault.fail_status {
         let code = fault_code(status).unwrap_or("service_unavailable");
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return error_response(status, code);
@@ -272,9 +287,13 @@ fn respond(
         Route::TagTotal(id) => tag_total(inner, key, path, id, raw_query),
         Route::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found")),
     };
-    match result {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(e) => error_response(e.status, e.code),
+    match (result, &fault.misbehave) {
+        (Ok(body), None) => json_response(StatusCode::OK, body),
+        (Ok(body), Some(m)) => {
+            inner.stats.misbehaved(m.mode);
+            misbehave::answer(m, body, conn, req.version())
+        }
+        (Err(e), _) => error_response(e.status, e.code),
     }
 }
 
@@ -289,7 +308,7 @@ fn add_rate_headers(res: &mut Response<Body>, d: &Decision, retry_after: bool) {
 }
 
 /// One API request, start to finish, including its stats entry.
-async fn api(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
+async fn api(inner: &Inner, conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let n = inner.counter.fetch_add(1, Ordering::Relaxed);
     let fault = plan(inner.options.seed, n, &inner.faults.get());
     if !fault.delay.is_zero() {
@@ -325,7 +344,7 @@ async fn api(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
                 Some(d) if !d.allowed => {
                     error_response(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
                 }
-                _ => respond(inner, &req, route, key, fault.fail_status),
+                _ => respond(inner, &req, route, key, &fault, conn),
             };
             if let Some(d) = decision {
                 add_rate_headers(&mut res, &d, inner.options.retry_after);
@@ -349,29 +368,74 @@ async fn api(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     res
 }
 
-async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    inner: Arc<Inner>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     let res = if path == "/__sim" || path.starts_with("/__sim/") {
         control::handle(&inner, req).await
     } else {
-        api(&inner, req).await
+        api(&inner, &conn, req).await
     };
     Ok(res)
 }
 
 /// How long open connections may finish once the simulator stops.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Serves the simulator on `listener` until `shutdown` completes, then drains open
-/// connections, with the gateway's own accept loop.
+/// connections for up to `DRAIN_TIMEOUT`. The loop mirrors `crate::server::serve`, with the
+/// socket wrapped in a `SimIo` whose `Conn` the connection's requests share.
 pub async fn serve(
     sim: Simulator,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let inner = sim.inner;
-    let service = tower::service_fn(move |req| handle(Arc::clone(&inner), req));
-    crate::server::serve(listener, service, shutdown, DRAIN_TIMEOUT).await
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = Arc::new(Conn::default());
+                let io = TokioIo::new(SimIo::new(stream, Arc::clone(&conn)));
+                let inner = Arc::clone(&inner);
+                let service = hyper::service::service_fn(move |req| {
+                    handle(Arc::clone(&inner), Arc::clone(&conn), req)
+                });
+                let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, error = %error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!(grace = ?DRAIN_TIMEOUT, "connections still open after the grace period; closing")
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

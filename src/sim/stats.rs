@@ -11,6 +11,8 @@ use std::sync::Mutex;
 use http::Method;
 use serde_json::{json, Map, Value};
 
+use super::faults::Misbehavior;
+
 pub(crate) const LOG_CAPACITY: usize = 1000;
 
 /// Which API endpoint a request addressed.
@@ -91,6 +93,8 @@ struct Counters {
     by_status: BTreeMap<u16, u64>,
     raw: u64,
     bearer: u64,
+    /// Misbehaving answers by mode, indexed like `Misbehavior::ALL`.
+    misbehaviors: [u64; Misbehavior::ALL.len()],
     log: VecDeque<LogEntry>,
 }
 
@@ -155,6 +159,14 @@ impl Stats {
         c.log.push_back(entry);
     }
 
+    /// Counts one misbehaving answer.
+    pub fn misbehaved(&self, mode: Misbehavior) {
+        let mut c = self.lock();
+        if let Some(i) = Misbehavior::ALL.iter().position(|&m| m == mode) {
+            c.misbehaviors[i] += 1;
+        }
+    }
+
     pub fn reset(&self) {
         let mut c = self.lock();
         let keys = c.by_key.len();
@@ -192,6 +204,13 @@ impl Stats {
             "by_auth_form".into(),
             json!({"raw": c.raw, "bearer": c.bearer}),
         );
+        let misbehaviors: Map<String, Value> = Misbehavior::ALL
+            .iter()
+            .zip(&c.misbehaviors)
+            .filter(|(m, _)| **m != Misbehavior::None)
+            .map(|(m, n)| (m.name().to_owned(), json!(n)))
+            .collect();
+        out.insert("misbehaviors".into(), Value::Object(misbehaviors));
         out
     }
 
@@ -240,6 +259,21 @@ mod tests {
         assert_eq!(j["by_key"]["k"], 2);
         assert_eq!(j["by_status"]["400"], 1);
         assert_eq!(j["by_auth_form"]["raw"], 2);
+    }
+
+    #[test]
+    fn misbehaviors_are_counted_by_mode_and_cleared_by_reset() {
+        let s = Stats::new(vec![]);
+        s.misbehaved(Misbehavior::Gzip);
+        s.misbehaved(Misbehavior::Gzip);
+        s.misbehaved(Misbehavior::Trickle);
+        let j = Value::Object(s.counters_json());
+        assert_eq!(j["misbehaviors"]["gzip"], 2);
+        assert_eq!(j["misbehaviors"]["trickle"], 1);
+        assert_eq!(j["misbehaviors"]["reset_mid_body"], 0);
+        assert_eq!(j["misbehaviors"].as_object().map(Map::len), Some(7));
+        s.reset();
+        assert_eq!(Value::Object(s.counters_json())["misbehaviors"]["gzip"], 0);
     }
 
     #[test]
