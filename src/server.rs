@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::Service;
 use tower_http::add_extension::AddExtension;
@@ -107,7 +109,7 @@ where
 }
 
 /// Serves `service` on `listener` within `limits` until `shutdown` completes, then lets
-/// in-flight requests finish for up to `grace`.
+/// in-flight requests finish for up to `grace`. Each request carries the peer's [`ClientAddr`].
 pub async fn serve_with<S, B>(
     listener: TcpListener,
     service: S,
@@ -121,6 +123,32 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connect = move |stream: TcpStream, peer: SocketAddr| {
+        // Who is at the other end travels with each request (auth counts failures by it).
+        let service = AddExtension::new(service.clone(), ClientAddr(peer));
+        (stream, TowerToHyperService::new(service))
+    };
+    serve_connections(listener, connect, shutdown, grace, limits).await
+}
+
+/// The accept loop itself: `connect` turns each accepted socket into the I/O and the hyper
+/// service its connection uses (the simulator wraps the socket to misbehave on it).
+pub async fn serve_connections<C, IO, S, B>(
+    listener: TcpListener,
+    mut connect: C,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: ConnectionLimits,
+) -> std::io::Result<()>
+where
+    C: FnMut(TcpStream, SocketAddr) -> (IO, S),
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -165,10 +193,9 @@ where
                 let open = OpenConnection::new(&limits.metrics);
                 // Small JSON answers: send them at once rather than wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                // Who is at the other end travels with each request (auth counts failures by it).
-                let service = AddExtension::new(service.clone(), ClientAddr(peer));
+                let (io, service) = connect(stream, peer);
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .serve_connection(TokioIo::new(io), service)
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {

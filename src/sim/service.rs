@@ -24,10 +24,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
 use super::conn::{Conn, SimIo};
@@ -385,57 +382,32 @@ async fn handle(
 /// How long open connections may finish once the simulator stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-
-/// Serves the simulator on `listener` until `shutdown` completes, then drains open
-/// connections for up to `DRAIN_TIMEOUT`. The loop mirrors `crate::server::serve`, with the
-/// socket wrapped in a `SimIo` whose `Conn` the connection's requests share.
+/// Serves the simulator on `listener` with the gateway's accept loop until `shutdown`
+/// completes, then drains open connections for up to `DRAIN_TIMEOUT`. Each socket is wrapped
+/// in a `SimIo` whose `Conn` the connection's requests share (to cut a body short or reset).
 pub async fn serve(
     sim: Simulator,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let inner = sim.inner;
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = Arc::new(Conn::default());
-                let io = TokioIo::new(SimIo::new(stream, Arc::clone(&conn)));
-                let inner = Arc::clone(&inner);
-                let service = hyper::service::service_fn(move |req| {
-                    handle(Arc::clone(&inner), Arc::clone(&conn), req)
-                });
-                let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, error = %error, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!(grace = ?DRAIN_TIMEOUT, "connections still open after the grace period; closing")
-        }
-    }
-    Ok(())
+    let connect = move |stream: TcpStream, _peer| {
+        let conn = Arc::new(Conn::default());
+        let io = SimIo::new(stream, Arc::clone(&conn));
+        let inner = Arc::clone(&inner);
+        let service = hyper::service::service_fn(move |req| {
+            handle(Arc::clone(&inner), Arc::clone(&conn), req)
+        });
+        (io, service)
+    };
+    crate::server::serve_connections(
+        listener,
+        connect,
+        shutdown,
+        DRAIN_TIMEOUT,
+        crate::server::ConnectionLimits::default(),
+    )
+    .await
 }
 
 #[cfg(test)]
