@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::{
-    epoch_secs, get, get_as, send, FakeUpstream, Gateway, Reply, BILLING_KEY, METERED_KEY, OPS_KEY,
-    REFRESHER_KEY,
+    epoch_secs, get, get_as, let_expire, send, short_lived, FakeUpstream, Gateway, Reply,
+    BILLING_KEY, METERED_KEY, OPS_KEY, REFRESHER_KEY,
 };
 use usage_gateway::Config;
 
@@ -19,18 +19,6 @@ async fn start_with(tune: impl FnOnce(&mut Config)) -> (FakeUpstream, Gateway) {
     tune(&mut config);
     let gateway = Gateway::start(config).await;
     (upstream, gateway)
-}
-
-/// Entries that go stale quickly: fresh for 100 ms, then only good for stale-if-error.
-fn short_lived(config: &mut Config) {
-    config.cache.ttl = Duration::from_millis(100);
-    config.cache.stale_while_revalidate = Duration::ZERO;
-    config.cache.stale_if_error = Duration::from_secs(3600);
-}
-
-/// Waits out a short TTL: the passing of time is the behaviour under test.
-async fn let_expire() {
-    tokio::time::sleep(Duration::from_millis(150)).await;
 }
 
 fn retry_after_secs(answer: &support::Answer) -> u64 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::sim::{set_faults, sim_get, sim_json, small, start_sim, Sim};
-use support::{get, send, Gateway, BILLING_KEY};
+use support::{get, let_expire, send, short_lived, Gateway, BILLING_KEY};
 use usage_gateway::Config;
 
 const TARGET: &str = "/usage?limit=5";
@@ -18,18 +18,6 @@ async fn gateway_for(sim: &Sim, tune: impl FnOnce(&mut Config)) -> Gateway {
     config.upstream.retries = 0;
     tune(&mut config);
     Gateway::start(config).await
-}
-
-/// Entries fresh for 100 ms, then only good for stale-if-error.
-fn short_lived(config: &mut Config) {
-    config.cache.ttl = Duration::from_millis(100);
-    config.cache.stale_while_revalidate = Duration::ZERO;
-    config.cache.stale_if_error = Duration::from_secs(3600);
-}
-
-/// Waits out a short TTL: the passing of time is the behaviour under test.
-async fn let_expire() {
-    tokio::time::sleep(Duration::from_millis(150)).await;
 }
 
 fn misbehave(mode: &str) -> serde_json::Value {
@@ -52,11 +40,16 @@ async fn sim_requests(sim: &Sim) -> usize {
 /// fault stored nothing.
 async fn without_a_copy(mode: &str, tune: impl FnOnce(&mut Config)) -> (u16, String) {
     let sim = start_sim(small()).await;
-    let gateway = gateway_for(&sim, tune).await;
-    set_faults(&sim, misbehave(mode)).await;
+    without_a_copy_on(&sim, mode, tune).await
+}
+
+/// [`without_a_copy`] against an already configured simulator.
+async fn without_a_copy_on(sim: &Sim, mode: &str, tune: impl FnOnce(&mut Config)) -> (u16, String) {
+    let gateway = gateway_for(sim, tune).await;
+    set_faults(sim, misbehave(mode)).await;
     let answer = get(&gateway, TARGET).await;
     let code = answer.json()["error"].as_str().unwrap_or("").to_owned();
-    set_faults(&sim, calm()).await;
+    set_faults(sim, calm()).await;
     let after = get(&gateway, TARGET).await;
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(
@@ -137,24 +130,6 @@ async fn a_body_that_trickles_past_the_timeout_is_504_and_stores_nothing() {
     })
     .await;
     assert_eq!(got, (504, "upstream_timeout".into()));
-}
-
-/// [`without_a_copy`] against an already configured simulator.
-async fn without_a_copy_on(sim: &Sim, mode: &str, tune: impl FnOnce(&mut Config)) -> (u16, String) {
-    let gateway = gateway_for(sim, tune).await;
-    set_faults(sim, misbehave(mode)).await;
-    let answer = get(&gateway, TARGET).await;
-    let code = answer.json()["error"].as_str().unwrap_or("").to_owned();
-    set_faults(sim, calm()).await;
-    let after = get(&gateway, TARGET).await;
-    assert_eq!(after.status, 200, "{}", after.body);
-    assert!(
-        after.cache_status().contains("fwd=miss"),
-        "{}",
-        after.cache_status()
-    );
-    gateway.stop().await;
-    (answer.status.as_u16(), code)
 }
 
 #[tokio::test]

@@ -335,6 +335,17 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads a whole response.
+    async fn read(response: Response<Incoming>) -> Answer {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("whole body").to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).expect("the body is JSON")
     }
@@ -373,13 +384,7 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Answe
         .request(request)
         .await
         .unwrap_or_else(|error| panic!("{url} answers: {error}"));
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("whole body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
-    }
+    Answer::read(response).await
 }
 
 /// `POST url` with a JSON body.
@@ -393,13 +398,7 @@ pub async fn post_json(url: &str, body: &serde_json::Value) -> Answer {
         .request(request)
         .await
         .unwrap_or_else(|error| panic!("{url} answers: {error}"));
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("whole body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
-    }
+    Answer::read(response).await
 }
 
 /// `method path` on the admin listener.
@@ -434,6 +433,18 @@ pub fn epoch_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
+}
+
+/// Entries that go stale quickly: fresh for 100 ms, then only good for stale-if-error.
+pub fn short_lived(config: &mut Config) {
+    config.cache.ttl = Duration::from_millis(100);
+    config.cache.stale_while_revalidate = Duration::ZERO;
+    config.cache.stale_if_error = Duration::from_secs(3600);
+}
+
+/// Waits out [`short_lived`]'s TTL: the passing of time is the behaviour under test.
+pub async fn let_expire() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
 }
 
 /// What came back on a raw connection, read until the server closed it (or 5 s passed).
