@@ -97,6 +97,8 @@ for target in "${targets[@]}"; do
     fi
 done
 
-echo "--- summary ($(date -u +%Y-%m-%dT%H:%MZ), $(rustc "+$TOOLCHAIN" --version))"
-printf '%s\n' "${summary[@]}" | tee -a "$fuzz_dir/logs/summary.txt"
+{
+    echo "--- summary ($(date -u +%Y-%m-%dT%H:%MZ), $(rustc "+$TOOLCHAIN" --version))"
+    printf '%s\n' "${summary[@]}"
+} | tee -a "$fuzz_dir/logs/summary.txt"
 exit "$failed"
