@@ -509,12 +509,19 @@ impl Config {
 /// end up in a terminal or log, so values it quotes are cut out.
 fn redact_config_error(error: &config::ConfigError) -> String {
     let text = error.to_string();
+    // A TOML syntax error shows its source line (`4 | token = 'onok_…' x`), where a token is in
+    // plain sight whatever its quoting: keep the position and the reason, not the source.
+    let text = text
+        .lines()
+        .filter(|line| !is_toml_source_line(line))
+        .collect::<Vec<_>>()
+        .join(": ");
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
     // Values appear as `invalid type: string "…"`: drop what is between the quotes.
     while let Some(start) = rest.find('"') {
         out.push_str(&rest[..start]);
-        match rest[start + 1..].find('"') {
+        match closing_quote(&rest[start + 1..]) {
             Some(len) => {
                 out.push_str("\"…\"");
                 rest = &rest[start + 1 + len + 1..];
@@ -526,6 +533,22 @@ fn redact_config_error(error: &config::ConfigError) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `  |`, `4 | token = …` and `  |   ^`: the source excerpt of a TOML syntax error.
+fn is_toml_source_line(line: &str) -> bool {
+    line.trim_start_matches(|c: char| c == ' ' || c.is_ascii_digit())
+        .starts_with('|')
+}
+
+/// Where a Debug-quoted value ends: its first `"` that is not escaped as `\"`.
+fn closing_quote(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    text.char_indices().find_map(|(i, c)| {
+        let end = c == '"' && !escaped;
+        escaped = c == '\\' && !escaped;
+        end.then_some(i)
+    })
 }
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
