@@ -4,7 +4,7 @@
 //! Each `check_*` function takes one input and panics (via `assert!`) when a property fails.
 
 use http::{Method, Request};
-use usage_gateway::config::Config;
+use usage_gateway::config::{Config, DEFAULT_MAX_FILTERS};
 use usage_gateway::error::GatewayError;
 use usage_gateway::normalize::classify;
 use usage_gateway::query::{Route, UsageQuery, MAX_LIMIT};
@@ -59,15 +59,21 @@ pub fn check_query(target: &str) {
     check_classify(target);
 }
 
-/// `classify` (the normalize layer) answers what `UsageQuery::parse` answers for any request
-/// target `http` accepts, and refuses every method but GET on a usage route.
+/// `classify` (the normalize layer) answers what `UsageQuery::parse_within` answers for any
+/// request target `http` accepts, and refuses every method but GET on a usage route; the
+/// filter bound refuses nothing but too many filters.
 fn check_classify(target: &str) {
     let Ok(request) = Request::get(target).body(()) else {
         return;
     };
     let uri = request.uri();
-    let parsed = UsageQuery::parse(uri.path(), uri.query());
-    let classified = classify(&request);
+    let max_filters = usize::try_from(DEFAULT_MAX_FILTERS).unwrap_or(usize::MAX);
+    let parsed = UsageQuery::parse_within(uri.path(), uri.query(), max_filters);
+    match (&parsed, UsageQuery::parse(uri.path(), uri.query())) {
+        (Err(bounded), _) if bounded.code == "too_many_filters" => {}
+        (bounded, unbounded) => assert_eq!(bounded, &unbounded, "{target:?}"),
+    }
+    let classified = classify(&request, max_filters);
     match (&parsed, &classified) {
         (Ok(Some(expected)), Ok(got)) => {
             assert_eq!(expected, got);
@@ -82,7 +88,7 @@ fn check_classify(target: &str) {
         *post.method_mut() = Method::POST;
         *post.uri_mut() = request.uri().clone();
         assert!(matches!(
-            classify(&post),
+            classify(&post, max_filters),
             Err(GatewayError::MethodNotAllowed)
         ));
     }
