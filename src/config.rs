@@ -780,6 +780,26 @@ struct TokenSources {
     env: Option<String>,
 }
 
+/// The most a token file may hold: a token is a few dozen bytes, and a path pointing at
+/// `/dev/zero` or a huge file must not take the gateway's memory with it.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a token file, refusing one larger than [`MAX_TOKEN_FILE_BYTES`].
+fn read_token_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_TOKEN_FILE_BYTES} bytes: not a token file"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads one token from its one source, checking it can travel in a header.
 fn read_token(
     at: &str,
@@ -789,7 +809,7 @@ fn read_token(
 ) -> Option<Secret> {
     let token = match (sources.token, sources.file, sources.env) {
         (Some(token), None, None) => Some(token),
-        (None, Some(path), None) => match std::fs::read_to_string(&path) {
+        (None, Some(path), None) => match read_token_file(&path) {
             Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_owned()),
             Err(e) => {
                 problems.push(format!(
@@ -1400,6 +1420,18 @@ mod tests {
         let config = Config::from_toml(&text).expect("valid");
         assert_eq!(config.upstream.token.expose(), "file-token");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_token_file_that_never_ends_is_refused_not_read_whole() {
+        let text = MINIMAL.replace("token = \"org-token-123\"", "token_file = \"/dev/zero\"");
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("upstream.token_file") && p.contains("not a token file")),
+            "{found:?}"
+        );
     }
 
     #[test]
