@@ -7,19 +7,17 @@
 //! part of a key was right. The key itself goes no further than this file.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures_util::future::Either;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::{HeaderMap, HeaderName, Request};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tower::{Layer, Service};
 
 use crate::config::CallerConfig;
-use crate::error::{refuse, GateFuture, GatewayError, ResponseBody};
+use crate::error::GatewayError;
+use crate::gate::{Gate, GateLayer};
 use crate::lockout::{AuthFailures, ClientAddr};
 use crate::observe::RequestFacts;
 use crate::scope::Scope;
@@ -227,85 +225,55 @@ fn strip_bearer(value: &[u8]) -> &[u8] {
     }
 }
 
+/// The key check, as a [`Gate`]: the caller it finds travels on as a [`Caller`] extension.
 #[derive(Debug, Clone)]
-pub struct AuthLayer {
+pub struct Authenticate {
     callers: Callers,
     failures: Arc<AuthFailures>,
 }
 
-impl AuthLayer {
+impl Authenticate {
     pub fn new(callers: Callers, failures: Arc<AuthFailures>) -> Self {
         Self { callers, failures }
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+/// The key check as a layer: `AuthLayer::new(Authenticate::new(callers, failures))`.
+pub type AuthLayer = GateLayer<Authenticate>;
 
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Auth<S> {
-    inner: S,
-    layer: AuthLayer,
-}
-
-impl<S, B> Service<Request<B>> for Auth<S>
-where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
-{
-    type Response = Response<ResponseBody>;
-    type Error = GatewayError;
-    type Future = GateFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl Gate for Authenticate {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let source = request
             .extensions()
             .get::<ClientAddr>()
             .map(|addr| addr.0.ip());
         let now = Instant::now();
         if let Some(source) = source {
-            if let Err(retry_after) = self.layer.failures.check(source, now) {
-                let refused = GatewayError::TooManyAuthFailures { retry_after };
-                return refuse(refused);
+            if let Err(retry_after) = self.failures.check(source, now) {
+                return Err(GatewayError::TooManyAuthFailures { retry_after });
             }
         }
         let presented = presented_key(request.headers());
-        let caller = presented.and_then(|key| self.layer.callers.identify(key));
-        match caller {
-            Some(caller) => {
-                if let Some(facts) = RequestFacts::of(request.extensions()) {
-                    facts.set_caller(&caller.name);
+        let Some(caller) = presented.and_then(|key| self.callers.identify(key)) else {
+            if let Some(source) = source {
+                let recorded = self.failures.record_failure(source, now);
+                if recorded.log {
+                    tracing::warn!(
+                        %source,
+                        failures = recorded.failures,
+                        tripped = recorded.tripped,
+                        reason = if presented.is_some() { "unknown key" } else { "no key" },
+                        "authentication failed"
+                    );
                 }
-                request.extensions_mut().insert(caller);
-                Either::Right(self.inner.call(request))
             }
-            None => {
-                if let Some(source) = source {
-                    let recorded = self.layer.failures.record_failure(source, now);
-                    if recorded.log {
-                        tracing::warn!(
-                            %source,
-                            failures = recorded.failures,
-                            tripped = recorded.tripped,
-                            reason = if presented.is_some() { "unknown key" } else { "no key" },
-                            "authentication failed"
-                        );
-                    }
-                }
-                refuse(GatewayError::Unauthorized)
-            }
+            return Err(GatewayError::Unauthorized);
+        };
+        if let Some(facts) = RequestFacts::of(request.extensions()) {
+            facts.set_caller(&caller.name);
         }
+        request.extensions_mut().insert(caller);
+        Ok(())
     }
 }
 
@@ -313,7 +281,8 @@ where
 mod tests {
     use super::*;
     use crate::config::hash_key;
-    use http::HeaderValue;
+    use crate::error::ResponseBody;
+    use http::{HeaderValue, Response};
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     fn hash(key: &str) -> [u8; 32] {
@@ -346,10 +315,10 @@ mod tests {
     }
 
     fn layer(callers: Callers) -> AuthLayer {
-        AuthLayer::new(
+        AuthLayer::new(Authenticate::new(
             callers,
             Arc::new(AuthFailures::new(60, Duration::from_secs(60))),
-        )
+        ))
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -268,15 +268,6 @@ fn whole_secs(duration: Duration) -> u64 {
     secs.max(1)
 }
 
-/// The future of a layer that either refuses a request at once or passes it on (auth,
-/// normalize, scope): no allocation on either path.
-pub type GateFuture<F> = Either<Ready<Result<Response<ResponseBody>, GatewayError>>, F>;
-
-/// A gate layer's refusal.
-pub fn refuse<F>(error: GatewayError) -> GateFuture<F> {
-    Either::Left(ready(Err(error)))
-}
-
 /// The error boundary: the only place an error becomes a response and a 5xx is logged.
 pub fn respond(result: Result<Response<ResponseBody>, GatewayError>) -> Response<ResponseBody> {
     result.unwrap_or_else(|error| {

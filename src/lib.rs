@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod limits;
 pub mod lockout;
 pub mod metrics;

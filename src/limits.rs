@@ -1,4 +1,4 @@
-//! `RequestLimitsLayer`: a request's size is checked before any other layer looks at it.
+//! `RequestLimitsLayer`, a [`Gate`]: a request's size is checked before any other layer looks at it.
 //!
 //! - a request target longer than `server.max_uri_bytes` is 414 `uri_too_long`;
 //! - header names and values over `server.max_header_bytes` in all are 431 `headers_too_large`;
@@ -11,42 +11,20 @@
 //! bound on the whole request head, the header read timeout, the connection cap) live in
 //! `server.rs`; docs/SECURITY.md lists them all.
 
-use std::task::{Context, Poll};
-
-use futures_util::future::Either;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, Response};
-use tower::{Layer, Service};
+use http::{Method, Request};
 
 use crate::config::RequestLimits;
-use crate::error::{refuse, GateFuture, GatewayError, InvalidRequest, ResponseBody};
+use crate::error::{GatewayError, InvalidRequest};
+use crate::gate::{Gate, GateLayer};
 
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimitsLayer {
-    limits: RequestLimits,
-}
+/// The request limits as a layer: `GateLayer::new(limits)`.
+pub type RequestLimitsLayer = GateLayer<RequestLimits>;
 
-impl RequestLimitsLayer {
-    pub fn new(limits: RequestLimits) -> Self {
-        Self { limits }
+impl Gate for RequestLimits {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+        check(request, self)
     }
-}
-
-impl<S> Layer<S> for RequestLimitsLayer {
-    type Service = RequestLimited<S>;
-
-    fn layer(&self, inner: S) -> RequestLimited<S> {
-        RequestLimited {
-            inner,
-            limits: self.limits,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestLimited<S> {
-    inner: S,
-    limits: RequestLimits,
 }
 
 /// Why a request is refused before it is looked at, if it is. Pure, so it is tested alone.
@@ -86,26 +64,6 @@ fn has_body<B>(request: &Request<B>) -> bool {
             .get_all(CONTENT_LENGTH)
             .iter()
             .any(|length| length.as_bytes() != b"0")
-}
-
-impl<S, B> Service<Request<B>> for RequestLimited<S>
-where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
-{
-    type Response = Response<ResponseBody>;
-    type Error = GatewayError;
-    type Future = GateFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match check(&request, &self.limits) {
-            Ok(()) => Either::Right(self.inner.call(request)),
-            Err(error) => refuse(error),
-        }
-    }
 }
 
 #[cfg(test)]

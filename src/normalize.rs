@@ -5,43 +5,26 @@
 //! naming the parameter: none of them reaches the cache or the upstream. The parsing itself is
 //! the pure `query` module; this file is the glue.
 
-use std::task::{Context, Poll};
+use http::{Method, Request};
 
-use futures_util::future::Either;
-use http::{Method, Request, Response};
-use tower::{Layer, Service};
-
-use crate::error::{refuse, GateFuture, GatewayError, ResponseBody};
+use crate::error::GatewayError;
+use crate::gate::{Gate, GateLayer};
 use crate::observe::RequestFacts;
 use crate::query::UsageQuery;
 
-#[derive(Debug, Clone)]
-pub struct NormalizeLayer {
+/// The normalize gate as a layer: `NormalizeLayer::new(Normalize::new(max_filters))`.
+pub type NormalizeLayer = GateLayer<Normalize>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Normalize {
     /// `server.max_filters`: more filters in one query are refused.
     max_filters: usize,
 }
 
-impl NormalizeLayer {
+impl Normalize {
     pub fn new(max_filters: usize) -> Self {
         Self { max_filters }
     }
-}
-
-impl<S> Layer<S> for NormalizeLayer {
-    type Service = Normalize<S>;
-
-    fn layer(&self, inner: S) -> Normalize<S> {
-        Normalize {
-            inner,
-            max_filters: self.max_filters,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Normalize<S> {
-    inner: S,
-    max_filters: usize,
 }
 
 /// What the request asks, or why it is refused. Pure, so it is tested without a service.
@@ -56,36 +39,23 @@ pub fn classify<B>(request: &Request<B>, max_filters: usize) -> Result<UsageQuer
     Ok(query)
 }
 
-impl<S, B> Service<Request<B>> for Normalize<S>
-where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
-{
-    type Response = Response<ResponseBody>;
-    type Error = GatewayError;
-    type Future = GateFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl Gate for Normalize {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         // The method is checked after the path so that an unknown path is 404 whatever the method.
-        match classify(&request, self.max_filters) {
-            Ok(query) => {
-                if let Some(facts) = RequestFacts::of(request.extensions()) {
-                    facts.set_route(query.route().name());
-                }
-                request.extensions_mut().insert(query);
-                Either::Right(self.inner.call(request))
-            }
-            Err(error) => refuse(error),
+        let query = classify(request, self.max_filters)?;
+        if let Some(facts) = RequestFacts::of(request.extensions()) {
+            facts.set_route(query.route().name());
         }
+        request.extensions_mut().insert(query);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ResponseBody;
+    use http::Response;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     fn request(method: Method, target: &str) -> Request<()> {
@@ -119,7 +89,7 @@ mod tests {
     #[tokio::test]
     async fn inner_service_sees_the_canonical_query() {
         let service = ServiceBuilder::new()
-            .layer(NormalizeLayer::new(32))
+            .layer(NormalizeLayer::new(Normalize::new(32)))
             .service(service_fn(|request: Request<()>| async move {
                 let query = request.extensions().get::<UsageQuery>().cloned();
                 let canonical = query.map(|q| q.canonical().to_owned()).unwrap_or_default();
@@ -139,7 +109,7 @@ mod tests {
     #[tokio::test]
     async fn refused_requests_never_reach_the_inner_service() {
         let service = ServiceBuilder::new()
-            .layer(NormalizeLayer::new(32))
+            .layer(NormalizeLayer::new(Normalize::new(32)))
             .service(service_fn(|_: Request<()>| async {
                 panic!("the inner service must not be called");
                 #[allow(unreachable_code)]

@@ -6,14 +6,12 @@
 //! what is not allowed and never says whether a SIM or tag exists.
 
 use std::collections::BTreeSet;
-use std::task::{Context, Poll};
 
-use futures_util::future::Either;
-use http::{Request, Response};
-use tower::{Layer, Service};
+use http::Request;
 
 use crate::auth::Caller;
-use crate::error::{refuse, GateFuture, GatewayError, ResponseBody};
+use crate::error::GatewayError;
+use crate::gate::{Gate, GateLayer};
 use crate::query::{FilterKey, Route, UsageQuery};
 
 /// The three endpoints, as `[[callers]] routes` names them.
@@ -110,36 +108,16 @@ impl Scope {
     }
 }
 
+/// The scope check, as a [`Gate`] after auth and normalize.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ScopeLayer;
+pub struct ScopeCheck;
 
-impl<S> Layer<S> for ScopeLayer {
-    type Service = Scoped<S>;
+/// The scope check as a layer: `ScopeLayer::new(ScopeCheck)`.
+pub type ScopeLayer = GateLayer<ScopeCheck>;
 
-    fn layer(&self, inner: S) -> Scoped<S> {
-        Scoped { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Scoped<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for Scoped<S>
-where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
-{
-    type Response = Response<ResponseBody>;
-    type Error = GatewayError;
-    type Future = GateFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let verdict = match (
+impl Gate for ScopeCheck {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+        match (
             request.extensions().get::<Caller>(),
             request.extensions().get::<UsageQuery>(),
         ) {
@@ -151,10 +129,6 @@ where
             _ => Err(GatewayError::Internal(
                 "the auth and normalize layers must run before the scope layer",
             )),
-        };
-        match verdict {
-            Ok(()) => Either::Right(self.inner.call(request)),
-            Err(error) => refuse(error),
         }
     }
 }

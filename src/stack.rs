@@ -9,16 +9,16 @@ use http::{Request, Response};
 use http_body::Body;
 use tower::{Service, ServiceBuilder};
 
-use crate::auth::{AuthLayer, Callers};
+use crate::auth::{AuthLayer, Authenticate, Callers};
 use crate::cache::{CacheLayer, CredentialId};
 use crate::config::Config;
 use crate::error::ErrorBoundaryLayer;
 use crate::limits::RequestLimitsLayer;
 use crate::lockout::AuthFailures;
 use crate::metrics::Metrics;
-use crate::normalize::NormalizeLayer;
+use crate::normalize::{Normalize, NormalizeLayer};
 use crate::observe::ObserveLayer;
-use crate::scope::ScopeLayer;
+use crate::scope::{ScopeCheck, ScopeLayer};
 use crate::upstream::Upstreams;
 
 /// The handles the rest of the gateway keeps on a built stack: reloads change the callers and
@@ -78,11 +78,13 @@ where
         // Oversized or body-carrying requests are refused before anything reads them.
         .layer(RequestLimitsLayer::new(config.server.limits))
         // Who is calling comes first: nothing about a request is examined for strangers.
-        .layer(AuthLayer::new(callers.clone(), failures))
+        .layer(AuthLayer::new(Authenticate::new(callers.clone(), failures)))
         // Then what they ask, so only canonical, valid questions go further.
-        .layer(NormalizeLayer::new(config.server.limits.max_filters))
+        .layer(NormalizeLayer::new(Normalize::new(
+            config.server.limits.max_filters,
+        )))
         // Whether they may ask it, before it can cost a cache entry or an upstream call.
-        .layer(ScopeLayer)
+        .layer(ScopeLayer::new(ScopeCheck))
         // Repeats and identical concurrent misses stop here.
         .layer(cache.clone())
         // Misses go upstream with their profile's token, inside its budget.
