@@ -61,18 +61,6 @@ impl ReloadHandle {
 
 /// Settings of `next` that differ from `running` and cannot change without a restart.
 pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if running.server.listen != next.server.listen {
-        changed.push("server.listen");
-    }
-    if running.server.auth_failures_per_minute != next.server.auth_failures_per_minute {
-        changed.push("server.auth_failures_per_minute");
-    }
-    if format!("{:?}", running.upstream) != format!("{:?}", next.upstream)
-        || running.upstream.token != next.upstream.token
-    {
-        changed.push("upstream");
-    }
     let profiles = |config: &Config| -> Vec<(String, String)> {
         config
             .profiles
@@ -80,34 +68,41 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
             .map(|p| (format!("{p:?}"), crate::config::hash_key(p.token.expose())))
             .collect()
     };
-    if profiles(running) != profiles(next) {
-        changed.push("upstreams");
-    }
-    if running.cache.max_bytes != next.cache.max_bytes {
-        changed.push("cache.max_bytes");
-    }
-    if running.admin.listen != next.admin.listen {
-        changed.push("admin.listen");
-    }
-    if running.admin.token_sha256 != next.admin.token_sha256 {
-        changed.push("admin.token_sha256");
-    }
-    if running.server.shutdown_grace != next.server.shutdown_grace {
-        changed.push("server.shutdown_grace_secs");
-    }
-    if running.server.worker_threads != next.server.worker_threads {
-        changed.push("server.worker_threads");
-    }
-    if running.server.limits != next.server.limits {
-        changed.push("server limits (max_uri_bytes, max_header_bytes, max_filters, header_timeout_ms, max_connections)");
-    }
-    if running.cache.max_entry_bytes != next.cache.max_entry_bytes {
-        changed.push("cache.max_entry_bytes");
-    }
-    if running.log != next.log {
-        changed.push("log");
-    }
-    changed
+    let (old, new) = (&running.server, &next.server);
+    let settings = [
+        ("server.listen", old.listen != new.listen),
+        (
+            "server.auth_failures_per_minute",
+            old.auth_failures_per_minute != new.auth_failures_per_minute,
+        ),
+        ("server.shutdown_grace_secs", old.shutdown_grace != new.shutdown_grace),
+        ("server.worker_threads", old.worker_threads != new.worker_threads),
+        (
+            "server limits (max_uri_bytes, max_header_bytes, max_filters, header_timeout_ms, max_connections)",
+            old.limits != new.limits,
+        ),
+        (
+            "upstream",
+            format!("{:?}", running.upstream) != format!("{:?}", next.upstream)
+                || running.upstream.token != next.upstream.token,
+        ),
+        ("upstreams", profiles(running) != profiles(next)),
+        ("cache.max_bytes", running.cache.max_bytes != next.cache.max_bytes),
+        (
+            "cache.max_entry_bytes",
+            running.cache.max_entry_bytes != next.cache.max_entry_bytes,
+        ),
+        ("admin.listen", running.admin.listen != next.admin.listen),
+        (
+            "admin.token_sha256",
+            running.admin.token_sha256 != next.admin.token_sha256,
+        ),
+        ("log", running.log != next.log),
+    ];
+    settings
+        .into_iter()
+        .filter_map(|(setting, changed)| changed.then_some(setting))
+        .collect()
 }
 
 impl Reloads {
