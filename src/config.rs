@@ -869,17 +869,10 @@ fn validate_profiles(
                 ));
                 continue;
             }
-            Some(name) if is_caller_name(&name) => name,
-            Some(name) => {
-                problems.push(format!(
-                    "{at}.name: `{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
-                ));
-                continue;
-            }
-            None => {
-                problems.push(format!("{at}.name: missing"));
-                continue;
-            }
+            name => match valid_name(&at, name, problems) {
+                Some(name) => name,
+                None => continue,
+            },
         };
         let at = format!("upstreams[{index}] ({name})");
         let env_hint = format!("{at}.token_env");
@@ -1032,6 +1025,24 @@ fn narrow(value: u64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
+/// A profile's or caller's name, or a problem at `at`: names appear in logs and metrics, so
+/// they are short and plain.
+fn valid_name(at: &str, name: Option<String>, problems: &mut Vec<String>) -> Option<String> {
+    match name {
+        Some(name) if is_caller_name(&name) => Some(name),
+        Some(name) => {
+            problems.push(format!(
+                "{at}.name: `{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
+            ));
+            None
+        }
+        None => {
+            problems.push(format!("{at}.name: missing"));
+            None
+        }
+    }
+}
+
 fn validate_callers(
     raw: Vec<RawCaller>,
     profiles: &[ProfileConfig],
@@ -1045,18 +1056,8 @@ fn validate_callers(
     let mut callers: Vec<CallerConfig> = Vec::with_capacity(raw.len());
     for (index, caller) in raw.into_iter().enumerate() {
         let at = format!("callers[{index}]");
-        let name = match caller.name {
-            Some(name) if is_caller_name(&name) => name,
-            Some(name) => {
-                problems.push(format!(
-                    "{at}.name: `{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
-                ));
-                continue;
-            }
-            None => {
-                problems.push(format!("{at}.name: missing"));
-                continue;
-            }
+        let Some(name) = valid_name(&at, caller.name, problems) else {
+            continue;
         };
         let at = format!("callers[{index}] ({name})");
         let Some(hashes) = caller_keys(&at, caller.key_sha256, caller.key, problems) else {
