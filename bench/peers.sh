@@ -59,56 +59,12 @@ die() { log "FATAL: $*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # processes and cleanup
 
-PIDS=()
-WORK=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-LAST_PID=""
-start_bg() { # LOG CMD...: starts CMD in the background, remembers its pid
-    local logfile=$1
-    shift
-    "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-stop_pid() { # PID: TERM, wait up to 10 s, KILL; forget it
-    local pid=$1 keep=() p
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
+# shellcheck source=lib/processes.sh
+source "$ROOT/bench/lib/processes.sh"
 
 wait_port() { # PORT PID LOG: waits up to 20 s for an HTTP answer on the port
-    local port=$1 pid=$2 logfile=$3
-    for _ in $(seq 1 200); do
-        kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "process $pid for port $port exited"; }
-        if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then return 0; fi
-        sleep 0.1
-    done
-    cat "$logfile" >&2
-    die "nothing answers on 127.0.0.1:$port after 20 s"
+    wait_http "http://127.0.0.1:$1/" "$2" "$3"
 }
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 rss_kb() { # PID: VmRSS of the process and its direct children, in kB
     local pid=$1 total=0 p v

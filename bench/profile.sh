@@ -25,19 +25,11 @@ if [[ $CALLGRIND == 1 ]]; then
     command -v valgrind >/dev/null || { echo "CALLGRIND=1 needs valgrind" >&2; exit 2; }
 fi
 
+log() { printf '[profile %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "FATAL: $*"; exit 2; }
+# shellcheck source=lib/processes.sh
+source bench/lib/processes.sh
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 SIM_PORT=$PORT_BASE
 GW_PORT=$((PORT_BASE + 1))
@@ -63,28 +55,20 @@ name = "profile"
 key = "$KEY"
 EOF
 
-./target/release/usage-sim --listen "127.0.0.1:$SIM_PORT" --keys profile-org --rate-scope off \
-    >"$WORK/sim.log" 2>&1 &
-PIDS+=($!)
+start_bg "$WORK/sim.log" ./target/release/usage-sim --listen "127.0.0.1:$SIM_PORT" \
+    --keys profile-org --rate-scope off
+wait_http "http://127.0.0.1:$SIM_PORT/__sim/stats" "$LAST_PID" "$WORK/sim.log"
 
-# Starts the gateway (optionally under a wrapper), waits until it answers; sets GW_PID.
+# Starts the gateway (optionally under a wrapper such as valgrind) and waits for it; sets GW_PID.
 start_gateway() {
-    "$@" ./target/release/usage-gateway --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    for _ in $(seq 1 300); do
-        curl -fs -o /dev/null -H "Authorization: $KEY" "http://127.0.0.1:$GW_PORT/usage?limit=10" && return
-        sleep 0.1
-    done
-    echo "the gateway did not answer; its log:" >&2
-    cat "$WORK/gateway.log" >&2
-    exit 2
+    start_bg "$WORK/gateway.log" "$@" ./target/release/usage-gateway --config "$WORK/gateway.toml"
+    GW_PID=$LAST_PID
+    # valgrind starts slowly: up to 20 s
+    wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$GW_PID" "$WORK/gateway.log"
 }
 
-stop_gateway() {
-    kill -INT "$GW_PID"
-    wait "$GW_PID" 2>/dev/null || true
-}
+# Stops the gateway gracefully (callgrind writes its profile at the exit).
+stop_gateway() { stop_pid "$GW_PID"; }
 
 # user and system CPU ticks of a process so far
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }

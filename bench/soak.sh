@@ -63,48 +63,8 @@ for tool in cargo curl python3; do command -v "$tool" >/dev/null || die "$tool i
 # ---------------------------------------------------------------------------------------------
 # processes and cleanup
 
-PIDS=()
-WORK=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ $KEEP_WORK == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-LAST_PID=""
-start_bg() { # LOG CMD...: starts CMD in the background, remembers its pid
-    local logfile=$1
-    shift
-    "$@" >"$logfile" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-wait_http() { # URL PID LOG: waits up to 20 s for an HTTP answer
-    local url=$1 pid=$2 logfile=$3
-    for _ in $(seq 1 200); do
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$logfile" >&2; die "process $pid exited before answering $url"; }
-        if curl -s -o /dev/null --max-time 1 "$url"; then return 0; fi
-        sleep 0.1
-    done
-    tail -20 "$logfile" >&2
-    die "nothing answers $url after 20 s"
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=lib/processes.sh
+source "$ROOT/bench/lib/processes.sh"
 
 FREE_PORTS=()
 find_ports() { # N: the first N free ports from PORT_BASE (at most 200 tried)
