@@ -80,6 +80,7 @@ pub async fn serve(
                     let _ = stopped.wait_for(|stop| *stop).await;
                 },
                 ADMIN_DRAIN,
+                server::ConnectionLimits::default(),
             )))
         }
         None => None,
@@ -101,7 +102,7 @@ pub async fn serve(
         draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: readiness is now 503");
     };
-    let served = server::serve_with(listeners.api, service, shutdown, grace, limits).await;
+    let served = server::serve(listeners.api, service, shutdown, grace, limits).await;
     reloading.abort();
     history.abort();
     let _ = stop_admin.send(true);

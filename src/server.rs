@@ -82,35 +82,9 @@ impl Drop for OpenConnection {
     }
 }
 
-/// [`serve_with`] the default connection limits (the admin listener and the simulator).
-pub async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) -> std::io::Result<()>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_with(
-        listener,
-        service,
-        shutdown,
-        grace,
-        ConnectionLimits::default(),
-    )
-    .await
-}
-
 /// Serves `service` on `listener` within `limits` until `shutdown` completes, then lets
 /// in-flight requests finish for up to `grace`. Each request carries the peer's [`ClientAddr`].
-pub async fn serve_with<S, B>(
+pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
