@@ -98,6 +98,7 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     base_url: Option<String>,
+    allow_plaintext: Option<bool>,
     token: Option<String>,
     token_file: Option<PathBuf>,
     token_env: Option<String>,
@@ -114,7 +115,7 @@ struct RawUpstream {
 impl fmt::Debug for RawUpstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawUpstream")
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_deref().map(without_userinfo))
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("token_file", &self.token_file)
             .field("auth_scheme", &self.auth_scheme)
@@ -216,6 +217,49 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+/// The upstream's base URL. Its `Display` and `Debug` hide any userinfo
+/// (`https://user:pass@host` shows as `https://[redacted]@host`), so wherever the URL is
+/// shown (`check`, the startup line, a config dump) a credential in it is not.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BaseUrl(pub Uri);
+
+impl std::ops::Deref for BaseUrl {
+    type Target = Uri;
+
+    fn deref(&self) -> &Uri {
+        &self.0
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&without_userinfo(&self.0.to_string()))
+    }
+}
+
+impl fmt::Debug for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BaseUrl({self})")
+    }
+}
+
+/// `text` with the userinfo of its authority (before an `@`) replaced by `[redacted]`.
+pub fn without_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
+    let after_scheme = text.find("://").map_or(0, |at| at + 3);
+    let authority_end = text[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |at| after_scheme + at);
+    match text[after_scheme..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}[redacted]{}",
+            &text[..after_scheme],
+            &text[after_scheme + at..]
+        )
+        .into(),
+        None => text.into(),
     }
 }
 
@@ -328,7 +372,7 @@ pub struct ProfileConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     /// Scheme and authority, and a path prefix without a trailing slash.
-    pub base_url: Uri,
+    pub base_url: BaseUrl,
     pub token: Secret,
     pub auth_scheme: AuthScheme,
     /// Bounds the whole exchange: connect, headers and body.
@@ -693,10 +737,11 @@ fn validate_limits(raw: &RawServer, problems: &mut Vec<String>) -> RequestLimits
 
 fn validate_upstream(raw: RawUpstream, problems: &mut Vec<String>) -> Option<UpstreamConfig> {
     let text = raw.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-    let base_url = match parse_base_url(text) {
-        Ok(uri) => Some(uri),
+    let base_url = match parse_base_url(text, raw.allow_plaintext.unwrap_or(false)) {
+        Ok(uri) => Some(BaseUrl(uri)),
         Err(why) => {
-            problems.push(format!("upstream.base_url: `{text}` {why}"));
+            let shown = without_userinfo(text);
+            problems.push(format!("upstream.base_url: `{shown}` {why}"));
             None
         }
     };
@@ -844,7 +889,7 @@ fn read_token(
     if token.trim().is_empty() {
         problems.push(format!("{at}.token: is empty"));
         None
-    } else if http::HeaderValue::from_str(&token).is_err() || token.contains(' ') {
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
         problems.push(format!(
             "{at}.token: holds characters an HTTP header cannot carry (spaces, control characters or non-ASCII)"
         ));
@@ -923,14 +968,19 @@ fn validate_profiles(
     profiles
 }
 
-fn parse_base_url(text: &str) -> Result<Uri, &'static str> {
+fn parse_base_url(text: &str, allow_plaintext: bool) -> Result<Uri, &'static str> {
     let uri: Uri = text.parse().map_err(|_| "is not a URL")?;
     match uri.scheme_str() {
         Some("https" | "http") => {}
         _ => return Err("must start with https:// (or http:// for a local test upstream)"),
     }
-    if uri.authority().is_none() {
+    let Some(host) = uri.host() else {
         return Err("has no host");
+    };
+    if uri.scheme_str() == Some("http") && !is_loopback(host) && !allow_plaintext {
+        return Err(
+            "would send the organization token in clear to a host that is not this machine: use https://, or set upstream.allow_plaintext = true if the network path is trusted",
+        );
     }
     if uri.query().is_some() {
         return Err("must not carry a query string");
@@ -943,6 +993,15 @@ fn parse_base_url(text: &str) -> Result<Uri, &'static str> {
         prefix
     );
     normalized.parse().map_err(|_| "is not a URL")
+}
+
+/// Whether `host` (as a URI names it) is this machine: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A whole-year bound on every duration setting, so none can overflow an `Instant`.
@@ -1217,7 +1276,14 @@ fn caller_scope(
             })
             .collect()
     });
-    (problems.len() == before).then_some(Scope { routes, sims, tags })
+    let scope = Scope { routes, sims, tags };
+    // A route the caller is given but its restrictions refuse whole is a contradiction.
+    for route in scope.routes.iter().flatten() {
+        if let Some(why) = scope.refuses_route(*route) {
+            problems.push(format!("{at}.routes: lists {}, but {why}", route.as_str()));
+        }
+    }
+    (problems.len() == before).then_some(scope)
 }
 
 fn is_caller_name(name: &str) -> bool {
@@ -1558,6 +1624,43 @@ mod tests {
                 "callers[2] (empty).sims",
             ],
         );
+    }
+
+    #[test]
+    fn routes_a_caller_s_restrictions_refuse_whole_are_a_contradiction() {
+        let found = problems(&format!(
+            r#"{MINIMAL}
+            [[callers]]
+            name = "sims-only"
+            key = "sims-only-key"
+            routes = ["usage_by_sim", "tag_total"]
+            sims = ["000000001"]
+            [[callers]]
+            name = "tags-only"
+            key = "tags-only-key"
+            routes = ["usage", "tag_total"]
+            tags = ["5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90"]
+            "#
+        ));
+        assert_problems(
+            &found,
+            &[
+                "callers[1] (sims-only).routes",
+                "callers[2] (tags-only).routes",
+            ],
+        );
+        assert!(found[0].contains("tag_total"), "{found:?}");
+        assert!(found[1].contains("lists usage,"), "{found:?}");
+        // Restrictions alone (no routes listed) are not a contradiction: they just narrow.
+        Config::from_toml(&format!(
+            r#"{MINIMAL}
+            [[callers]]
+            name = "sims-only"
+            key = "sims-only-key"
+            sims = ["000000001"]
+            "#
+        ))
+        .expect("valid");
     }
 
     #[test]

@@ -8,16 +8,20 @@
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{ready, Either, Map, Ready};
+use futures_util::future::{ready, CatchUnwind, Either, Ready};
 use futures_util::FutureExt;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
+use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 
 /// The body type of every response the gateway writes.
@@ -278,9 +282,24 @@ pub fn respond(result: Result<Response<ResponseBody>, GatewayError>) -> Response
     })
 }
 
-/// Installs [`respond`] around a stack whose layers fail with `GatewayError`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ErrorBoundaryLayer;
+/// Installs [`respond`] around a stack whose layers fail with `GatewayError`, and is the
+/// stack's panic boundary: a panic in any inner layer, while it is called or while its future
+/// runs, becomes a 500 `internal_error`, is counted, and is logged without the request (whose
+/// headers may hold a key) or the panic's payload (which may quote one).
+///
+/// Written here rather than with tower-http's `CatchPanicLayer`: that layer boxes every
+/// response body, an allocation per hit, and answers outside this one error boundary.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorBoundaryLayer {
+    panics: Counter,
+}
+
+impl ErrorBoundaryLayer {
+    /// `panics` counts the panics caught (`usage_gateway_panics_total`).
+    pub fn new(panics: Counter) -> Self {
+        Self { panics }
+    }
+}
 
 impl<S> Layer<S> for ErrorBoundaryLayer {
     type Service = ErrorBoundary<S>;
@@ -289,6 +308,7 @@ impl<S> Layer<S> for ErrorBoundaryLayer {
         ErrorBoundary {
             inner,
             not_ready: None,
+            panics: self.panics.clone(),
         }
     }
 }
@@ -298,6 +318,32 @@ pub struct ErrorBoundary<S> {
     inner: S,
     /// An error from the inner `poll_ready`, answered to the next call.
     not_ready: Option<GatewayError>,
+    panics: Counter,
+}
+
+pin_project_lite::pin_project! {
+    /// The inner future, with its panics caught and its result turned into a response.
+    #[derive(Debug)]
+    pub struct Guarded<F> {
+        #[pin]
+        inner: CatchUnwind<AssertUnwindSafe<F>>,
+        panics: Counter,
+    }
+}
+
+impl<F> Future for Guarded<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, GatewayError>>,
+{
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(Ok(respond(
+            outcome.unwrap_or_else(|_| panicked(this.panics)),
+        )))
+    }
 }
 
 impl<S, R> Service<R> for ErrorBoundary<S>
@@ -306,8 +352,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future =
-        Either<Ready<Result<Response<ResponseBody>, Infallible>>, Map<S::Future, OkRespond>>;
+    type Future = Either<Ready<Result<Response<ResponseBody>, Infallible>>, Guarded<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         if self.not_ready.is_some() {
@@ -324,21 +369,26 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        match self.not_ready.take() {
-            Some(error) => Either::Left(ready(Ok(respond(Err(error))))),
-            None => Either::Right(self.inner.call(request).map(ok_respond as OkRespond)),
+        if let Some(error) = self.not_ready.take() {
+            return Either::Left(ready(Ok(respond(Err(error)))));
+        }
+        // A layer's state stays consistent across a panic: each keeps its shared state behind
+        // locks that recover from poisoning, so the next request is served as usual.
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
+            Ok(future) => Either::Right(Guarded {
+                inner: AssertUnwindSafe(future).catch_unwind(),
+                panics: self.panics.clone(),
+            }),
+            Err(_) => Either::Left(ready(Ok(respond(panicked(&self.panics))))),
         }
     }
 }
 
-/// `respond` as the boundary's future adapter (a fn pointer keeps the future type nameable).
-type OkRespond =
-    fn(Result<Response<ResponseBody>, GatewayError>) -> Result<Response<ResponseBody>, Infallible>;
-
-fn ok_respond(
-    result: Result<Response<ResponseBody>, GatewayError>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    Ok(respond(result))
+/// What a caught panic becomes: counted here, logged by [`respond`] as a 500.
+fn panicked(panics: &Counter) -> Result<Response<ResponseBody>, GatewayError> {
+    panics.inc();
+    Err(GatewayError::Internal("a request handler panicked"))
 }
 
 /// Displays an error with its whole `source()` chain, for the one log line.
@@ -370,6 +420,53 @@ mod tests {
             .expect("infallible body")
             .to_bytes();
         serde_json::from_slice(&bytes).expect("error bodies are JSON")
+    }
+
+    async fn through_the_boundary(
+        inner: impl Service<
+            &'static str,
+            Response = Response<ResponseBody>,
+            Error = GatewayError,
+            Future: Send,
+        >,
+        panics: &Counter,
+    ) -> Response<ResponseBody> {
+        use tower::ServiceExt;
+        ErrorBoundaryLayer::new(panics.clone())
+            .layer(inner)
+            .oneshot("Bearer caller-key-in-the-request")
+            .await
+            .unwrap_or_else(|never| match never {})
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_called_or_while_answering_is_a_counted_500() {
+        let panics = Counter::default();
+        let in_call = tower::service_fn(|_: &'static str| -> std::future::Ready<_> {
+            panic!("a bug in call")
+        });
+        let in_future = tower::service_fn(|_: &'static str| async {
+            if panics_now() {
+                panic!("a bug while answering");
+            }
+            Ok(Response::new(ResponseBody::from("unreachable")))
+        });
+        for response in [
+            through_the_boundary(in_call, &panics).await,
+            through_the_boundary(in_future, &panics).await,
+        ] {
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            let body = body_json(response).await;
+            assert_eq!(body["error"], "internal_error");
+            assert!(!body.to_string().contains("caller-key"), "{body}");
+        }
+        assert_eq!(panics.get(), 2);
+    }
+
+    /// Hides the `panic!` from the compiler's unreachable-code analysis.
+    fn panics_now() -> bool {
+        std::hint::black_box(true)
     }
 
     #[tokio::test]

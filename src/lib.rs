@@ -66,7 +66,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (service, handles) = stack::build(&config)?;
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = admin::Admin::new(handles.clone(), draining.clone(), config.admin.token_sha256);
+    let admin = admin::Admin::new(
+        handles.clone(),
+        draining.clone(),
+        config.admin.token_sha256,
+        config.server.auth_failures_per_minute,
+    );
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     let admin_task = match listeners.admin {
         Some(listener) => {

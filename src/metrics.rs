@@ -198,6 +198,8 @@ pub struct Metrics {
     errors: Family<CodeLabels, Counter>,
     /// Client connections, for the accept loop (`server::ConnectionLimits`).
     pub connections: ConnectionMetrics,
+    /// Panics the error boundary caught (each answered 500 `internal_error`).
+    pub panics: Counter,
     totals: Totals,
     callers: Mutex<BTreeMap<Arc<str>, Arc<CallerCounts>>>,
     answer_kinds: RwLock<HashMap<AnswerKind, AnswerHandles, foldhash::fast::RandomState>>,
@@ -233,6 +235,12 @@ impl Metrics {
         let breaker_open = Family::default();
         let errors = Family::default();
         let connections = ConnectionMetrics::default();
+        let panics = Counter::default();
+        registry.register(
+            "usage_gateway_panics",
+            "Panics caught while answering a request (each answered 500 internal_error)",
+            panics.clone(),
+        );
         registry.register(
             "usage_gateway_connections_open",
             "Client connections open on the API listener",
@@ -318,6 +326,7 @@ impl Metrics {
             breaker_open,
             errors,
             connections,
+            panics,
             totals: Totals::default(),
             callers: Mutex::new(BTreeMap::new()),
             answer_kinds: RwLock::default(),

@@ -84,7 +84,8 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
         (
             "upstream",
             format!("{:?}", running.upstream) != format!("{:?}", next.upstream)
-                || running.upstream.token != next.upstream.token,
+                || running.upstream.token != next.upstream.token
+                || running.upstream.base_url != next.upstream.base_url,
         ),
         ("upstreams", profiles(running) != profiles(next)),
         ("cache.max_bytes", running.cache.max_bytes != next.cache.max_bytes),

@@ -59,6 +59,27 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// Why this scope's restrictions refuse every question on `route`, if they do.
+    ///
+    /// A restriction denies whatever it cannot check: a tag's total sums SIMs that a caller
+    /// limited to SIMs may not see, and the gateway cannot know which SIMs carry a tag, so a
+    /// caller limited to tags cannot be checked on per-SIM questions.
+    pub fn refuses_route(&self, route: RouteName) -> Option<&'static str> {
+        match route {
+            RouteName::TagTotal if self.sims.is_some() && self.tags.is_none() => Some(
+                "this caller is limited to SIMs and may not read tag totals (a tag's total sums SIMs it may not see) unless its scope lists tags too",
+            ),
+            RouteName::Usage | RouteName::UsageBySim
+                if self.tags.is_some() && self.sims.is_none() =>
+            {
+                Some(
+                    "this caller is limited to tags and may not read per-SIM usage (the gateway cannot tell which SIMs carry a tag) unless its scope lists SIMs too",
+                )
+            }
+            _ => None,
+        }
+    }
+
     /// Whether this scope allows `query`; the refusal says what is not allowed.
     pub fn check(&self, query: &UsageQuery) -> Result<(), String> {
         let route = RouteName::of(query.route());
@@ -69,6 +90,9 @@ impl Scope {
                     route.as_str()
                 ));
             }
+        }
+        if let Some(why) = self.refuses_route(route) {
+            return Err(why.into());
         }
         match query.route() {
             Route::UsageBySim(sim) => self.check_sims(std::iter::once(sim.as_str())),
@@ -177,6 +201,11 @@ mod tests {
             tags: set(&[TAG_A.to_owned()]),
             ..Scope::default()
         };
+        let sims_and_tags = Scope {
+            sims: sims.sims.clone(),
+            tags: tags.tags.clone(),
+            ..Scope::default()
+        };
         // (scope, request, allowed)
         let rows = [
             (&routes, "/usage/000000009".to_owned(), true),
@@ -198,11 +227,18 @@ mod tests {
             // an unfiltered /usage would reveal every SIM
             (&sims, "/usage".to_owned(), false),
             (&sims, "/usage?filter=country_code:dk".to_owned(), false),
-            // a SIM scope says nothing about tags
-            (&sims, format!("/usage/tag-total/{TAG_B}"), true),
+            // a SIM scope cannot check a tag's total: it sums SIMs the caller may not see
+            (&sims, format!("/usage/tag-total/{TAG_B}"), false),
+            (&sims_and_tags, format!("/usage/tag-total/{TAG_A}"), true),
+            (&sims_and_tags, format!("/usage/tag-total/{TAG_B}"), false),
             (&tags, format!("/usage/tag-total/{TAG_A}"), true),
             (&tags, format!("/usage/tag-total/{TAG_B}"), false),
-            (&tags, "/usage".to_owned(), true),
+            // a tag scope cannot check per-SIM usage: which SIMs carry a tag is unknown here
+            (&tags, "/usage".to_owned(), false),
+            (&tags, "/usage?filter=sim_id:000000001".to_owned(), false),
+            (&tags, "/usage/000000001".to_owned(), false),
+            (&sims_and_tags, "/usage/000000001".to_owned(), true),
+            (&sims_and_tags, "/usage/000000003".to_owned(), false),
         ];
         for (scope, target, allowed) in rows {
             assert_eq!(

@@ -73,8 +73,9 @@ where
     let service = ServiceBuilder::new()
         // Outermost, so the request id, the log line and the metrics cover every answer.
         .layer(ObserveLayer::new(metrics.clone()))
-        // The one error boundary: every GatewayError below becomes its JSON response here.
-        .layer(ErrorBoundaryLayer)
+        // The one error boundary: every GatewayError below, and every panic, becomes its JSON
+        // response here.
+        .layer(ErrorBoundaryLayer::new(metrics.panics.clone()))
         // Oversized or body-carrying requests are refused before anything reads them.
         .layer(RequestLimitsLayer::new(config.server.limits))
         // Who is calling comes first: nothing about a request is examined for strangers.

@@ -31,6 +31,25 @@ pub fn init(log: &LogConfig) {
             .with_env_filter(filter)
             .try_init(),
     };
+    log_panics();
+}
+
+/// Panics become one log event like any other (the error boundary answers them 500), with
+/// where and what; never the request, whose headers may carry a key.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|at| format!("{}:{}", at.file(), at.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, panic = message, "panicked");
+    }));
 }
 
 /// The logging of commands that run before (or without) a configuration.

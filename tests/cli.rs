@@ -260,3 +260,110 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn userinfo_in_the_base_url_is_shown_by_neither_check_nor_the_startup_line() {
+    let text = |listen: &str| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[log]\nformat = \"json\"\n[upstream]\nbase_url = \"http://gw-user:userinfo-secret-55@127.0.0.1:9/api\"\ntoken = \"cli-secret-token\"\n[[callers]]\nname = \"billing\"\nkey = \"cli-caller-key\"\n"
+        )
+    };
+    let path = temp_config("userinfo.toml", &text("127.0.0.1:0"));
+    let output = gateway()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{shown}");
+    assert!(
+        shown.contains("http://[redacted]@127.0.0.1:9/api"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("userinfo-secret-55") && !shown.contains("gw-user"),
+        "{shown}"
+    );
+
+    let mut child = KillOnDrop(
+        gateway()
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawns"),
+    );
+    let lines = log_lines(child.0.stdout.take().expect("stdout"));
+    let started = wait_for_line(&lines, "usage-gateway listening");
+    assert!(started.contains("[redacted]@127.0.0.1:9"), "{started}");
+    assert!(!started.contains("userinfo-secret-55"), "{started}");
+}
+
+#[test]
+fn check_refuses_a_plaintext_upstream_off_this_machine_unless_allowed() {
+    let config = |base_url: &str, extra: &str| {
+        format!(
+            "[upstream]\nbase_url = \"{base_url}\"\ntoken = \"cli-secret-token\"\n{extra}\n[[callers]]\nname = \"billing\"\nkey = \"cli-caller-key\"\n"
+        )
+    };
+    // (base_url, extra upstream keys, accepted)
+    let rows = [
+        ("http://onomondo-proxy.internal", "", false),
+        ("http://10.0.0.7:8080", "", false),
+        (
+            "http://onomondo-proxy.internal",
+            "allow_plaintext = true",
+            true,
+        ),
+        ("http://127.0.0.1:8087", "", true),
+        ("http://localhost:8087", "", true),
+        ("http://[::1]:8087", "", true),
+        ("https://api.onomondo.com", "", true),
+    ];
+    for (index, (base_url, extra, accepted)) in rows.into_iter().enumerate() {
+        let path = temp_config(&format!("plaintext-{index}.toml"), &config(base_url, extra));
+        let output = gateway()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.success(), accepted, "{base_url}: {stderr}");
+        if !accepted {
+            assert!(stderr.contains("upstream.allow_plaintext"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn check_refuses_a_token_that_is_not_visible_ascii_and_says_so() {
+    for (index, token) in ["tøken-with-non-ascii", "token with space", "tab\ttoken"]
+        .into_iter()
+        .enumerate()
+    {
+        let path = temp_config(
+            &format!("token-{index}.toml"),
+            &format!(
+                "[upstream]\ntoken = \"{}\"\n[[callers]]\nname = \"billing\"\nkey = \"cli-caller-key\"\n",
+                token.replace('\t', "\\t")
+            ),
+        );
+        let output = gateway()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{token:?}: {stderr}");
+        assert!(
+            stderr.contains("upstream.token: holds characters"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(token), "{stderr}");
+    }
+}

@@ -446,3 +446,23 @@ async fn a_flood_of_unique_queries_stays_within_cache_max_bytes_and_its_callers_
     assert!(cache_bytes > 32768, "and is in use: {cache_bytes} bytes");
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_time_filter_in_the_calendar_s_last_year_is_answered_not_a_panic() {
+    let (upstream, gateway) = start_with_server("").await;
+    for target in [
+        "/usage?filter=time:9999",
+        "/usage?filter=time:9999-12",
+        "/usage/000000001?filter=time:9999-12-31",
+    ] {
+        let answer = get(&gateway, target).await;
+        assert_eq!(answer.status, 200, "{target}: {}", answer.body);
+    }
+    assert_eq!(upstream.calls(), 3);
+    let metrics = admin(&gateway, "GET", "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains("usage_gateway_panics_total 0"),
+        "no panic was caught"
+    );
+    gateway.stop().await;
+}

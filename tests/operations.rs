@@ -163,6 +163,42 @@ async fn purge_needs_the_admin_token() {
 }
 
 #[tokio::test]
+async fn wrong_admin_tokens_trip_the_same_per_address_limit_as_caller_keys() {
+    let upstream = FakeUpstream::start().await;
+    let config = config_with(
+        &upstream.base_url(),
+        &format!(
+            "[server]\nauth_failures_per_minute = 3\n[admin]\ntoken_sha256 = \"{}\"\n[[callers]]\nname = \"x\"\nkey = \"x-key\"\n",
+            hash_key(ADMIN_TOKEN)
+        ),
+    );
+    let gateway = Gateway::start(config).await;
+    let purge = |token: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let auth = format!("Bearer {token}");
+            admin(gateway, "POST", "/cache/purge", &[("authorization", &auth)]).await
+        }
+    };
+    // A request without a token is no guess and does not count.
+    for _ in 0..5 {
+        assert_eq!(
+            admin(&gateway, "POST", "/cache/purge", &[]).await.status,
+            401
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(purge("guess").await.status, 401);
+    }
+    // Tripped: even the right token is refused for the rest of the minute, without a check.
+    let refused = purge(ADMIN_TOKEN).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "too_many_auth_failures");
+    assert!(refused.header("retry-after").is_some());
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn purge_does_not_exist_without_an_admin_token() {
     let upstream = FakeUpstream::start().await;
     let gateway = Gateway::start(support::config(&upstream.base_url())).await;

@@ -26,6 +26,11 @@ routes = ["tag_total"]
 tags = ["5F0C7A2E-9B1D-4C3E-8A55-0D2F6B7E1C90"]
 
 [[callers]]
+name = "tag-reader"
+key = "tag-reader-key"
+tags = ["5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90"]
+
+[[callers]]
 name = "billing"
 key = "billing-key"
 "#;
@@ -165,5 +170,38 @@ async fn allowed_answers_still_come_from_the_shared_cache() {
         "{}",
         scoped.cache_status()
     );
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_sim_scope_refuses_tag_totals_it_cannot_check() {
+    let (upstream, gateway) = start().await;
+    assert_forbidden(
+        &gateway,
+        "customer-key",
+        &format!("/usage/tag-total/{TAG_A}"),
+        "limited to SIMs",
+    )
+    .await;
+    assert_eq!(upstream.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_tag_scope_refuses_per_sim_usage_it_cannot_check() {
+    let (upstream, gateway) = start().await;
+    for target in [
+        "/usage",
+        "/usage?filter=sim_id:000000001",
+        "/usage/000000001",
+    ] {
+        assert_forbidden(&gateway, "tag-reader-key", target, "limited to tags").await;
+    }
+    let allowed = get_as(
+        &gateway,
+        "tag-reader-key",
+        &format!("/usage/tag-total/{TAG_A}"),
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
     assert_eq!(upstream.calls(), 1);
 }

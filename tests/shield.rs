@@ -416,6 +416,42 @@ async fn a_spent_quota_is_answered_stale_where_possible() {
     assert_eq!(upstream.calls(), 2);
 }
 
+#[tokio::test]
+async fn background_refreshes_are_charged_to_the_quota_of_the_caller_that_starts_them() {
+    let (upstream, gateway) = start_with(|c| {
+        c.cache.ttl = Duration::from_millis(100);
+        c.cache.stale_while_revalidate = Duration::from_secs(30);
+    })
+    .await;
+    let targets: Vec<String> = (1..=10).map(|n| format!("/usage?limit={n}")).collect();
+    for target in &targets {
+        assert_eq!(get(&gateway, target).await.status, 200);
+    }
+    let_expire().await;
+    // The metered caller (2 upstream calls a minute) reads ten expired entries: each is served
+    // stale at once, its first two start refreshes, and the rest start none.
+    for target in &targets {
+        let answer = get_as(&gateway, METERED_KEY, target).await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer
+                .cache_status()
+                .ends_with("; detail=stale-while-revalidate"),
+            "{target}: {}",
+            answer.cache_status()
+        );
+    }
+    let refused = get_as(&gateway, METERED_KEY, "/usage?limit=11").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "caller_quota_exceeded");
+    upstream.wait_for_calls(12).await;
+    assert_eq!(
+        upstream.calls(),
+        12,
+        "10 fills and the 2 refreshes the quota paid for"
+    );
+}
+
 // === caller directives ===
 
 #[tokio::test]

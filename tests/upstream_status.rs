@@ -137,3 +137,35 @@ async fn upstream_cookies_and_hop_headers_never_reach_the_caller() {
         assert!(answer.header(name).is_none(), "{name} reached the caller");
     }
 }
+
+#[tokio::test]
+async fn a_json_answer_is_served_as_json_whatever_the_upstream_labelled_it() {
+    let (upstream, gateway) = start().await;
+    upstream.script(|request, _| {
+        let mut reply = Reply::json(200, r#"{"usage":[]}"#);
+        reply.headers = match request.target.as_str() {
+            "/usage?limit=1" => vec![("content-type", "text/html".into())],
+            "/usage?limit=2" => vec![],
+            _ => vec![("content-type", "application/json; charset=utf-8".into())],
+        };
+        reply
+    });
+    // (target, Content-Type served on the miss and on the hit)
+    let rows = [
+        ("/usage?limit=1", "application/json"),
+        ("/usage?limit=2", "application/json"),
+        ("/usage?limit=3", "application/json; charset=utf-8"),
+    ];
+    for (target, content_type) in rows {
+        for _miss_then_hit in 0..2 {
+            let answer = get(&gateway, target).await;
+            assert_eq!(answer.status, 200);
+            assert_eq!(
+                answer.header("content-type"),
+                Some(content_type),
+                "{target}"
+            );
+        }
+    }
+    assert_eq!(upstream.calls(), 3);
+}

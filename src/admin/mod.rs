@@ -5,13 +5,15 @@
 //! Readiness is only "not draining": it is never tied to upstream health, so a slow upstream
 //! does not pull every replica out of its load balancer. Purge needs the admin token
 //! (`[admin] token_sha256`, compared in constant time); with none configured it does not exist.
+//! Wrong tokens count per address like wrong keys on the callers' port: past
+//! `server.auth_failures_per_minute` an address gets 429 for the rest of its minute.
 
 pub mod page;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -22,6 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::PurgeSelector;
 use crate::error::{GatewayError, InvalidRequest, ResponseBody};
+use crate::lockout::{AuthFailures, ClientAddr};
 use crate::metrics::SAMPLE_EVERY;
 use crate::stack::Handles;
 
@@ -30,6 +33,9 @@ pub struct Admin {
     handles: Handles,
     draining: Arc<AtomicBool>,
     token_sha256: Option<[u8; 32]>,
+    /// Wrong admin tokens per client address, under the callers' port's limit
+    /// (`server.auth_failures_per_minute`), so the purge token cannot be guessed at speed.
+    failures: AuthFailures,
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
@@ -54,11 +60,13 @@ impl Admin {
         handles: Handles,
         draining: Arc<AtomicBool>,
         token_sha256: Option<[u8; 32]>,
+        auth_failures_per_minute: u32,
     ) -> Arc<Self> {
         Arc::new(Self {
             handles,
             draining,
             token_sha256,
+            failures: AuthFailures::new(auth_failures_per_minute, Duration::from_secs(60)),
         })
     }
 
@@ -196,7 +204,27 @@ impl Admin {
             // No admin token configured: purge does not exist.
             return GatewayError::NotFound.to_response();
         };
+        let source = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|addr| addr.0.ip());
+        let now = Instant::now();
+        if let Some(Err(retry_after)) = source.map(|source| self.failures.check(source, now)) {
+            return GatewayError::TooManyAuthFailures { retry_after }.to_response();
+        }
         if !self.authorized(request, expected) {
+            let presented = request.headers().contains_key(http::header::AUTHORIZATION);
+            if let Some(source) = source.filter(|_| presented) {
+                let recorded = self.failures.record_failure(source, now);
+                if recorded.log {
+                    tracing::warn!(
+                        %source,
+                        failures = recorded.failures,
+                        tripped = recorded.tripped,
+                        "admin authentication failed"
+                    );
+                }
+            }
             let mut response = json(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({

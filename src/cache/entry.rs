@@ -66,6 +66,24 @@ pub struct CachedResponse {
 }
 
 impl CachedResponse {
+    /// The same answer in buffers of its own. What hyper reads arrives as slices of the
+    /// connection's read buffer: a stored slice would keep that whole buffer (up to hundreds
+    /// of KiB) alive for the entry's lifetime while the weigher counts only the slice, so
+    /// `cache.max_bytes` would not bound memory. Stored entries hold exactly what is weighed.
+    pub fn detached(self) -> Self {
+        Self {
+            content_type: self.content_type.map(|value| {
+                match HeaderValue::from_bytes(value.as_bytes()) {
+                    Ok(copy) => copy,
+                    // Unreachable (the bytes came from a valid value); keep the original.
+                    Err(_) => value,
+                }
+            }),
+            body: Bytes::copy_from_slice(&self.body),
+            ..self
+        }
+    }
+
     /// moka's weigher: body and key bytes plus a fixed overhead, saturating at `u32::MAX`.
     pub fn weight(key: &CacheKey, value: &Arc<CachedResponse>) -> u32 {
         let bytes = value.body.len() + key.target.len() + ENTRY_OVERHEAD;
@@ -141,6 +159,27 @@ mod tests {
         let a_again = CacheKey::new(CredentialId::of(&Secret::new("token-a")), target);
         assert_ne!(a, b);
         assert_eq!(a, a_again);
+    }
+
+    #[test]
+    fn a_detached_answer_shares_no_buffer_with_what_it_was_read_from() {
+        let read_buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let answer = CachedResponse {
+            status: StatusCode::OK,
+            content_type: Some(
+                HeaderValue::from_maybe_shared(read_buffer.slice(0..16)).expect("valid"),
+            ),
+            body: read_buffer.slice(100..110),
+            stored_at: Instant::now(),
+            fresh_for: Duration::from_secs(60),
+        };
+        let detached = answer.clone().detached();
+        assert_eq!(detached.body, answer.body);
+        assert_eq!(detached.content_type, answer.content_type);
+        let buffer = read_buffer.as_ptr_range();
+        assert!(!buffer.contains(&detached.body.as_ptr()));
+        let content_type = detached.content_type.as_ref().expect("kept");
+        assert!(!buffer.contains(&content_type.as_bytes().as_ptr()));
     }
 
     #[test]

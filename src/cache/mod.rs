@@ -16,7 +16,8 @@
 //!   fails; every stale answer says so in `Cache-Status` and `Age`;
 //! - request directives (RFC 9111 §5.2.1): `only-if-cached` never reaches the upstream (a
 //!   fresh answer or 504); `no-cache` forces a fetch for callers allowed to refresh;
-//! - a caller's upstream quota is charged only when its request starts a fill;
+//! - a caller's upstream quota is charged only when its request starts a fill or a
+//!   background refresh; with the quota spent, a stale answer is served without a refresh;
 //! - hits never wait and never spend budget; memory is bounded by `cache.max_bytes`.
 
 mod entry;
@@ -323,7 +324,7 @@ impl CacheLayer {
                     return Ok(self.respond_hit(entry, left, now))
                 }
                 (Some(entry), Freshness::Revalidate { expired }) => {
-                    self.refresh_in_background(inner, key, request);
+                    self.refresh_in_background(inner, key, request, caller.as_ref());
                     return Ok(respond_stale(
                         entry,
                         expired,
@@ -414,23 +415,36 @@ impl CacheLayer {
     }
 
     /// Starts one refresh unless one is in flight; it goes only if budget is free now, and
-    /// on failure the stale entry simply stays.
-    fn refresh_in_background<S, B>(&self, inner: S, key: CacheKey, mut request: Request<B>)
-    where
+    /// on failure the stale entry simply stays. Like a miss, the refresh is charged to the
+    /// quota of the caller whose request starts it: with that quota spent, no refresh starts
+    /// and the stale answer is all the caller gets.
+    fn refresh_in_background<S, B>(
+        &self,
+        inner: S,
+        key: CacheKey,
+        mut request: Request<B>,
+        caller: Option<&Caller>,
+    ) where
         S: Inner<B>,
         B: Send + 'static,
     {
         request.extensions_mut().insert(OnlyWithBudgetNow);
-        let started = self
-            .flights
-            .join_or_start::<std::convert::Infallible>(&key, || {
-                Ok(self.fill(inner, key.clone(), request))
-            });
-        if let Ok(Joined::Led(_)) = started {
-            tracing::debug!(
+        let started = self.flights.join_or_start::<Duration>(&key, || {
+            if let Some(caller) = caller {
+                caller.policy.charge_upstream_call()?;
+            }
+            Ok(self.fill(inner, key.clone(), request))
+        });
+        match started {
+            Ok(Joined::Led(_)) => tracing::debug!(
                 key = key.target(),
                 "refreshing a stale entry in the background"
-            );
+            ),
+            Ok(Joined::Followed(_)) => {}
+            Err(_quota_spent) => tracing::debug!(
+                key = key.target(),
+                "not refreshing a stale entry: the caller's upstream quota is spent"
+            ),
         }
     }
 
@@ -514,7 +528,7 @@ where
         answer.body.len(),
         max_entry_bytes,
     ) {
-        Ok(()) => Ok(Arc::new(answer)),
+        Ok(()) => Ok(Arc::new(answer.detached())),
         Err(reason) => Err(Unfilled::Bypass(answer, reason)),
     }
 }

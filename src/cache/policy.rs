@@ -95,7 +95,14 @@ pub fn ttl_for(query: &UsageQuery, now: OffsetDateTime, policy: &TtlPolicy) -> D
     if periods.peek().is_none() {
         return policy.ttl;
     }
-    let closed = periods.all(|period| period.end() + policy.late_data_grace <= now);
+    let closed = periods.all(|period| {
+        // A period ending near the calendar's edge (year 9999) plus the grace is past what a
+        // date can hold: such a period is never closed, rather than a panic.
+        time::Duration::try_from(policy.late_data_grace)
+            .ok()
+            .and_then(|grace| period.end().checked_add(grace))
+            .is_some_and(|settled| settled <= now)
+    });
     if closed {
         policy.closed_period_ttl
     } else {
@@ -254,6 +261,10 @@ mod tests {
             ("/usage?filter=time:2024", 60),
             // the future is open
             ("/usage?filter=time:2025", 60),
+            // the calendar's last year, month and day: open, not an overflow
+            ("/usage?filter=time:9999", 60),
+            ("/usage?filter=time:9999-12", 60),
+            ("/usage?filter=time:9999-12-31", 60),
             // every period must be closed
             ("/usage?filter[]=time:2023&filter[]=time:2024-03", 60),
             ("/usage?filter[]=time:2023&filter[]=time:2024-01", 86_400),

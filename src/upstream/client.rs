@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,7 +27,7 @@ use tower_http::decompression::Decompression;
 
 use super::breaker::Outcome;
 use super::budget::RateLimitReport;
-use crate::error::{GatewayError, ResponseBody};
+use crate::error::{GatewayError, ResponseBody, JSON};
 
 /// The largest upstream body read; a full 1000-record page is a few hundred KiB.
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -109,6 +109,25 @@ pub fn kept_headers(upstream: &HeaderMap) -> HeaderMap {
         }
     }
     kept
+}
+
+/// The `Content-Type` of an answer validated as JSON: the upstream's own when it names JSON
+/// (`application/json`, with its parameters, or a `+json` type), else `application/json`, so
+/// a 200 labelled `text/html` (or not labelled) is never served to a browser as a page.
+pub fn answer_content_type(upstream: Option<&HeaderValue>) -> HeaderValue {
+    let names_json = upstream
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.split(';').next().unwrap_or_default().trim())
+        .is_some_and(|media| {
+            media.eq_ignore_ascii_case("application/json")
+                || media
+                    .get(media.len().saturating_sub(5)..)
+                    .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+        });
+    match upstream {
+        Some(value) if names_json => value.clone(),
+        _ => JSON,
+    }
 }
 
 /// Reads what an answer says about the budget: `x-ratelimit-remaining`, the time until
@@ -205,9 +224,14 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
                     reason: "a 200 answer whose body is not JSON",
                 })
             } else {
+                let mut headers = kept_headers(&parts.headers);
+                if verdict == Verdict::Answer {
+                    let content_type = answer_content_type(headers.get(CONTENT_TYPE));
+                    headers.insert(CONTENT_TYPE, content_type);
+                }
                 let mut response = Response::new(Full::new(bytes));
                 *response.status_mut() = parts.status;
-                *response.headers_mut() = kept_headers(&parts.headers);
+                *response.headers_mut() = headers;
                 Ok(response)
             }
         }
@@ -234,7 +258,6 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn upstream_statuses_map_to_verdicts() {
@@ -321,6 +344,32 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[CONTENT_TYPE], "application/json; charset=utf-8");
         assert_eq!(kept[CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn answers_are_labelled_json_whatever_the_upstream_said() {
+        // (upstream Content-Type, served Content-Type)
+        let rows = [
+            (Some("application/json"), "application/json"),
+            (
+                Some("application/json; charset=utf-8"),
+                "application/json; charset=utf-8",
+            ),
+            (Some("Application/JSON"), "Application/JSON"),
+            (Some("application/problem+json"), "application/problem+json"),
+            (Some("text/html"), "application/json"),
+            (Some("text/html; a=application/json"), "application/json"),
+            (Some("json"), "application/json"),
+            (None, "application/json"),
+        ];
+        for (upstream, served) in rows {
+            let upstream = upstream.map(HeaderValue::from_static);
+            assert_eq!(
+                answer_content_type(upstream.as_ref()),
+                served,
+                "{upstream:?}"
+            );
+        }
     }
 
     #[test]

@@ -341,7 +341,7 @@ mod tests {
 
     fn config(scheme: AuthScheme, base: &str) -> (UpstreamConfig, ProfileConfig) {
         let upstream = UpstreamConfig {
-            base_url: base.parse().expect("uri"),
+            base_url: crate::config::BaseUrl(base.parse().expect("uri")),
             token: Secret::new("org-token"),
             auth_scheme: scheme,
             timeout: Duration::from_secs(1),
