@@ -40,6 +40,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_MAX_FILTERS: u64 = 32;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u64 = 10_000;
+pub const DEFAULT_HTTP2_MAX_STREAMS: u64 = 128;
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// The name `[[callers]] upstream` uses for the `[upstream]` table's own credential.
@@ -78,6 +81,9 @@ struct RawServer {
     max_filters: Option<u64>,
     header_timeout_ms: Option<u64>,
     max_connections: Option<u64>,
+    send_timeout_ms: Option<u64>,
+    max_requests_per_connection: Option<u64>,
+    http2_max_streams: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +319,13 @@ pub struct RequestLimits {
     pub header_timeout: Duration,
     /// Most client connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Longest a response write may make no progress (a peer that stops reading) before the
+    /// connection is closed; also how long an HTTP/2 keep-alive ping may go unanswered.
+    pub send_timeout: Duration,
+    /// Requests (pipelined or not) one connection may carry before it is closed.
+    pub max_requests_per_connection: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub http2_max_streams: u32,
 }
 
 impl Default for RequestLimits {
@@ -323,6 +336,9 @@ impl Default for RequestLimits {
             max_filters: DEFAULT_MAX_FILTERS as usize,
             header_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            send_timeout: Duration::from_millis(DEFAULT_SEND_TIMEOUT_MS),
+            max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION as usize,
+            http2_max_streams: DEFAULT_HTTP2_MAX_STREAMS as u32,
         }
     }
 }
@@ -732,6 +748,27 @@ fn validate_limits(raw: &RawServer, problems: &mut Vec<String>) -> RequestLimits
             1,
             1_000_000,
         ),
+        send_timeout: Duration::from_millis(setting(
+            raw.send_timeout_ms,
+            DEFAULT_SEND_TIMEOUT_MS,
+            "server.send_timeout_ms",
+            100,
+            600_000,
+        ) as u64),
+        max_requests_per_connection: setting(
+            raw.max_requests_per_connection,
+            DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+            "server.max_requests_per_connection",
+            1,
+            10_000_000,
+        ),
+        http2_max_streams: setting(
+            raw.http2_max_streams,
+            DEFAULT_HTTP2_MAX_STREAMS,
+            "server.http2_max_streams",
+            1,
+            10_000,
+        ) as u32,
     }
 }
 

@@ -7,24 +7,33 @@
 //! connections idle that long (hyper restarts the timer when a connection goes idle); and a
 //! request head larger than `max_head_bytes` is cut off by hyper with a bare 431 before it is
 //! buffered further. Below that bound the gateway's own layer answers 414/431 in JSON.
+//!
+//! A peer that stops reading cannot hold its slot either: a response write that makes no
+//! progress for `send_timeout` closes the connection, and after `max_requests_per_connection`
+//! requests (pipelined or not) a connection is closed once its current answer is written. For
+//! HTTP/2, where hyper has no header timeout: a connection with no open stream for
+//! `header_timeout` is sent GOAWAY and closed, a peer that does not answer a keep-alive ping
+//! within `send_timeout` is dropped, and at most `http2_max_streams` streams run at once.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 use tower::Service;
 use tower_http::add_extension::AddExtension;
 
@@ -43,7 +52,14 @@ const HEAD_SLACK: usize = 8 * 1024;
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// For the request head, and for idleness between requests (HTTP/1.1 and HTTP/2).
     pub header_timeout: Duration,
+    /// Longest a response write may make no progress before the connection is closed.
+    pub send_timeout: Duration,
+    /// Requests one connection may carry before it is closed.
+    pub max_requests_per_connection: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub http2_max_streams: u32,
     /// hyper's bound on a whole request head (request line and headers).
     pub max_head_bytes: usize,
     pub metrics: ConnectionMetrics,
@@ -54,6 +70,9 @@ impl ConnectionLimits {
         Self {
             max_connections: limits.max_connections,
             header_timeout: limits.header_timeout,
+            send_timeout: limits.send_timeout,
+            max_requests_per_connection: limits.max_requests_per_connection,
+            http2_max_streams: limits.http2_max_streams,
             max_head_bytes: limits.max_uri_bytes + limits.max_header_bytes + HEAD_SLACK,
             metrics,
         }
@@ -136,9 +155,15 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.http2_max_streams)
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.send_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver: a change asks it to finish gracefully, and once every
+    // receiver is gone every connection has ended. (hyper-util's `GracefulShutdown` cannot be
+    // combined with the per-connection reasons to close below: its connection trait is sealed.)
+    let (stop_connections, connections_stop) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -168,12 +193,37 @@ where
                 // Small JSON answers: send them at once rather than wait for Nagle.
                 let _ = stream.set_nodelay(true);
                 let (io, service) = connect(stream, peer);
+                let mut io = TimeoutStream::new(io);
+                io.set_write_timeout(Some(limits.send_timeout));
+                let activity = Arc::new(Activity::new(limits.max_requests_per_connection));
+                let service = Tracked {
+                    inner: service,
+                    activity: activity.clone(),
+                };
                 let connection = builder
-                    .serve_connection(TokioIo::new(io), service)
+                    .serve_connection(TokioIo::new(Box::pin(io)), service)
                     .into_owned();
-                let connection = graceful.watch(connection);
+                let mut stop = connections_stop.clone();
+                let closing = Closing {
+                    idle_timeout: limits.header_timeout,
+                };
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    tokio::pin!(connection);
+                    // Runs to its end, asked to finish gracefully (HTTP/1.1: no more
+                    // keep-alive; HTTP/2: GOAWAY) at the first reason to.
+                    let ended = tokio::select! {
+                        result = connection.as_mut() => Some(result),
+                        _ = stop.wait_for(|stop| *stop) => None,
+                        () = closing.reason_to_close(&activity) => None,
+                    };
+                    let result = match ended {
+                        Some(result) => result,
+                        None => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(error) = result {
                         tracing::debug!(%peer, error = %error, "connection ended with an error");
                     }
                     drop((slot, open));
@@ -183,12 +233,138 @@ where
         }
     }
     drop(listener);
+    drop(connections_stop);
     tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_connections.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = stop_connections.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "connections still open after the grace period; closing")
         }
     }
     Ok(())
+}
+
+/// What a connection is doing, as its service sees it: requests in flight and served.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    served: AtomicUsize,
+    changed: Notify,
+    max_requests: usize,
+}
+
+impl Activity {
+    fn new(max_requests: usize) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
+            changed: Notify::new(),
+            max_requests,
+        }
+    }
+}
+
+/// A connection's service, counting its requests for [`Closing`].
+#[derive(Debug)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = InFlight<S::Future>;
+
+    fn call(&self, request: Request<ReqBody>) -> Self::Future {
+        let activity = &self.activity;
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let number = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
+        activity.changed.notify_one();
+        // HTTP/1.1 ends with the answer that says `Connection: close` (RFC 9112 §9.6), so a
+        // pipelined burst past the bound is cut exactly there; HTTP/2 gets its GOAWAY from
+        // the connection's task instead.
+        let last = number >= activity.max_requests && request.version() <= Version::HTTP_11;
+        InFlight {
+            inner: self.inner.call(request),
+            last,
+            _guard: InFlightGuard(activity.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future; dropping it (answered or abandoned) ends the request's flight.
+    struct InFlight<F> {
+        #[pin]
+        inner: F,
+        // The connection's last answer: it says so.
+        last: bool,
+        _guard: InFlightGuard,
+    }
+}
+
+impl<F, B, E> Future for InFlight<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let mut answered = std::task::ready!(this.inner.poll(cx));
+        if *this.last {
+            if let Ok(response) = &mut answered {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        std::task::Poll::Ready(answered)
+    }
+}
+
+struct InFlightGuard(Arc<Activity>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_one();
+    }
+}
+
+/// When a connection is asked to finish: at shutdown, after its request budget, or idle.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    idle_timeout: Duration,
+}
+
+impl Closing {
+    /// Completes when the connection has served its budget of requests, or has had no request
+    /// in flight for `idle_timeout`.
+    async fn reason_to_close(self, activity: &Activity) {
+        loop {
+            let changed = activity.changed.notified();
+            if activity.served.load(Ordering::Relaxed) >= activity.max_requests {
+                return;
+            }
+            if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                if tokio::time::timeout(self.idle_timeout, changed)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
 }

@@ -466,3 +466,101 @@ async fn a_time_filter_in_the_calendar_s_last_year_is_answered_not_a_panic() {
     );
     gateway.stop().await;
 }
+
+/// A client that asks for `count` large answers in one pipelined burst and never reads.
+async fn stalled_reader(gateway: &Gateway, count: usize) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // A small receive window: the server's writes stall after a few KiB are unread.
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(gateway.addr).await.expect("connect");
+    let request = format!(
+        "GET /usage?limit=1000 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {}\r\n\r\n",
+        billing()
+    );
+    stream
+        .write_all(request.repeat(count).as_bytes())
+        .await
+        .expect("write");
+    stream
+}
+
+/// Until a new client is answered 200 (bounded by `within`); how long that took.
+async fn served_within(gateway: &Gateway, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let reply = raw_exchange(gateway.addr, &raw_get("/usage?limit=1", "")).await;
+        if reply.statuses() == vec![200] {
+            return Some(started.elapsed());
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn peers_that_stop_reading_are_closed_after_send_timeout_and_free_their_slots() {
+    let (upstream, gateway) = start_with_server("max_connections = 2\nsend_timeout_ms = 500").await;
+    let large = format!(r#"{{"usage":[],"pad":"{}"}}"#, "x".repeat(1024 * 1024));
+    upstream.script(move |request, n| {
+        if request.target.contains("limit=1000") {
+            Reply::json(200, large.clone())
+        } else {
+            echo(request, n)
+        }
+    });
+    // Two clients take both slots: each pipelines 64 requests for a 1 MiB answer and reads
+    // none of them, so the gateway's writes stall on full socket buffers.
+    let _first = stalled_reader(&gateway, 64).await;
+    let _second = stalled_reader(&gateway, 64).await;
+    let served = served_within(&gateway, Duration::from_secs(10)).await;
+    assert!(
+        served.is_some(),
+        "the stalled connections kept both slots for 10 s"
+    );
+    assert_eq!(upstream.calls(), 2, "one fill for each question");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_carries_at_most_max_requests_per_connection() {
+    let (upstream, gateway) = start_with_server("max_requests_per_connection = 3").await;
+    let one = format!(
+        "GET /usage?limit=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {}\r\n\r\n",
+        billing()
+    );
+    let reply = raw_exchange(gateway.addr, one.repeat(5).as_bytes()).await;
+    assert!(reply.closed, "the gateway closed the connection");
+    assert_eq!(reply.statuses(), vec![200, 200, 200], "{}", reply.text);
+    assert_eq!(upstream.calls(), 1);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_sent_goaway_after_header_timeout() {
+    let (_upstream, gateway) = start_with_server("header_timeout_ms = 300").await;
+    let stream = TcpStream::connect(gateway.addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 with prior knowledge");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(gateway.url("/usage?limit=1"))
+        .header("authorization", billing())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("an answer");
+    assert_eq!(answer.status(), 200);
+    drop(answer);
+    // Now idle: the gateway ends the connection, and the client's side of it completes.
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    gateway.stop().await;
+}
