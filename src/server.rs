@@ -32,7 +32,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 use tower::Service;
 use tower_http::add_extension::AddExtension;
@@ -246,11 +246,13 @@ where
 }
 
 /// What a connection is doing, as its service sees it: requests in flight and served.
+///
+/// Plain counters, read by a timer (see [`Closing`]): a request costs three atomic updates,
+/// never a wake-up or a timer of its own.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
     served: AtomicUsize,
-    changed: Notify,
     max_requests: usize,
 }
 
@@ -259,7 +261,6 @@ impl Activity {
         Self {
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
-            changed: Notify::new(),
             max_requests,
         }
     }
@@ -284,7 +285,6 @@ where
         let activity = &self.activity;
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let number = activity.served.fetch_add(1, Ordering::Relaxed) + 1;
-        activity.changed.notify_one();
         // HTTP/1.1 ends with the answer that says `Connection: close` (RFC 9112 §9.6), so a
         // pipelined burst past the bound is cut exactly there; HTTP/2 gets its GOAWAY from
         // the connection's task instead.
@@ -336,7 +336,6 @@ struct InFlightGuard(Arc<Activity>);
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.changed.notify_one();
     }
 }
 
@@ -347,24 +346,22 @@ struct Closing {
 }
 
 impl Closing {
-    /// Completes when the connection has served its budget of requests, or has had no request
-    /// in flight for `idle_timeout`.
+    /// Completes when the connection has served its budget of requests (HTTP/2; HTTP/1.1
+    /// is cut by its last answer's `Connection: close`), or has started no request and had
+    /// none in flight for a whole `idle_timeout`: so an idle connection closes between one
+    /// and two `idle_timeout`s after its last request.
     async fn reason_to_close(self, activity: &Activity) {
+        let mut seen = activity.served.load(Ordering::Relaxed);
         loop {
-            let changed = activity.changed.notified();
-            if activity.served.load(Ordering::Relaxed) >= activity.max_requests {
+            tokio::time::sleep(self.idle_timeout).await;
+            let served = activity.served.load(Ordering::Relaxed);
+            if served >= activity.max_requests {
                 return;
             }
-            if activity.in_flight.load(Ordering::Relaxed) == 0 {
-                if tokio::time::timeout(self.idle_timeout, changed)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            } else {
-                changed.await;
+            if served == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
             }
+            seen = served;
         }
     }
 }
