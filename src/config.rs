@@ -1198,9 +1198,11 @@ fn caller_scope(
     let sims = sims.map(|sims| {
         sims.into_iter()
             .filter(|sim| {
-                let valid = crate::query::is_sim_id(sim);
+                let valid = crate::query::is_sim_ref(sim);
                 if !valid {
-                    problems.push(format!("{at}.sims: `{sim}` is not a 9-digit SIM id"));
+                    problems.push(format!(
+                        "{at}.sims: `{sim}` is neither a 9-digit SIM id nor a 19-20 digit ICCID"
+                    ));
                 }
                 valid
             })
