@@ -38,6 +38,7 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 pub const DEFAULT_MAX_URI_BYTES: u64 = 8 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_MAX_FILTERS: u64 = 32;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
@@ -70,6 +71,7 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    max_body_bytes: Option<u64>,
     auth_failures_per_minute: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     worker_threads: Option<u64>,
@@ -264,6 +266,8 @@ pub struct RequestLimits {
     pub max_header_bytes: usize,
     /// Most `filter` parameters in one query; more is 400.
     pub max_filters: usize,
+    /// Largest body a request may carry; it is read and dropped, and a larger one is 413.
+    pub max_body_bytes: usize,
     /// How long a connection may take to send a request's headers, and may sit idle between
     /// requests, before it is closed.
     pub header_timeout: Duration,
@@ -277,6 +281,7 @@ impl Default for RequestLimits {
             max_uri_bytes: DEFAULT_MAX_URI_BYTES as usize,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES as usize,
             max_filters: DEFAULT_MAX_FILTERS as usize,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES as usize,
             header_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
         }
@@ -673,6 +678,14 @@ fn validate_limits(raw: &RawServer, problems: &mut Vec<String>) -> RequestLimits
             "server.max_filters",
             1,
             1_000,
+        ),
+        // Old API examples send a small JSON body on GET; it is read and dropped, never kept.
+        max_body_bytes: setting(
+            raw.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            "server.max_body_bytes",
+            0,
+            1024 * 1024,
         ),
         header_timeout: Duration::from_millis(setting(
             raw.header_timeout_ms,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{ready, Either, Map, Ready};
 use futures_util::FutureExt;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service};
@@ -69,6 +69,10 @@ pub enum GatewayError {
     UriTooLong { limit: usize },
     #[error("request headers larger than {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
     #[error("invalid request: {0}")]
     InvalidRequest(InvalidRequest),
     #[error("the upstream refused the gateway's credential (HTTP {status})")]
@@ -110,6 +114,8 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamAuthFailed { .. }
             | Self::UpstreamStatus { .. }
@@ -135,6 +141,8 @@ impl GatewayError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong { .. } => "uri_too_long",
             Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::InvalidRequest(invalid) => invalid.code,
             Self::UpstreamAuthFailed { .. } => "upstream_auth_failed",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
@@ -161,6 +169,13 @@ impl GatewayError {
             ),
             Self::HeadersTooLarge { limit } => format!(
                 "the request headers are larger than the gateway accepts ({limit} bytes of names and values)"
+            ),
+            Self::BodyTooLarge { limit } => format!(
+                "the request body is larger than the gateway reads ({limit} bytes); a usage question needs no body: it is all in the URL"
+            ),
+            Self::BodyTimeout(timeout) => format!(
+                "the request body did not arrive within {} seconds",
+                whole_secs(*timeout)
             ),
             Self::Forbidden(why) => why.clone(),
             Self::TooManyAuthFailures { retry_after } => format!(
@@ -214,6 +229,10 @@ impl GatewayError {
             Self::MethodNotAllowed => {
                 headers.insert(ALLOW, HeaderValue::from_static("GET"));
             }
+            // RFC 9110 §15.5.14: the unread body would follow; closing is the only way past it.
+            Self::BodyTooLarge { .. } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         if let Some(retry_after) = self.retry_after() {
@@ -255,6 +274,8 @@ impl GatewayError {
             | Self::MethodNotAllowed
             | Self::UriTooLong { .. }
             | Self::HeadersTooLarge { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout(_)
             | Self::InvalidRequest(_)
             | Self::NotCached
             | Self::Internal(_) => false,
@@ -382,6 +403,8 @@ mod tests {
                 retry_after: Duration::from_secs(30),
             },
             GatewayError::MethodNotAllowed,
+            GatewayError::BodyTooLarge { limit: 16384 },
+            GatewayError::BodyTimeout(Duration::from_secs(10)),
             GatewayError::InvalidRequest(InvalidRequest::new("limit_invalid", "bad limit")),
             GatewayError::UpstreamAuthFailed {
                 status: StatusCode::FORBIDDEN,
@@ -433,6 +456,8 @@ mod tests {
             (GatewayError::MethodNotAllowed, 405),
             (GatewayError::UriTooLong { limit: 1 }, 414),
             (GatewayError::HeadersTooLarge { limit: 1 }, 431),
+            (GatewayError::BodyTooLarge { limit: 1 }, 413),
+            (GatewayError::BodyTimeout(Duration::ZERO), 408),
             (
                 GatewayError::InvalidRequest(InvalidRequest::new("x_invalid", "x")),
                 400,

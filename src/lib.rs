@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod discard;
 pub mod error;
 pub mod gate;
 pub mod limits;

@@ -78,7 +78,7 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
         ("server.shutdown_grace_secs", old.shutdown_grace != new.shutdown_grace),
         ("server.worker_threads", old.worker_threads != new.worker_threads),
         (
-            "server limits (max_uri_bytes, max_header_bytes, max_filters, header_timeout_ms, max_connections)",
+            "server limits (max_uri_bytes, max_header_bytes, max_filters, max_body_bytes, header_timeout_ms, max_connections)",
             old.limits != new.limits,
         ),
         (

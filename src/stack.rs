@@ -12,6 +12,7 @@ use tower::{Service, ServiceBuilder};
 use crate::auth::{AuthLayer, Authenticate, Callers};
 use crate::cache::{CacheLayer, CredentialId};
 use crate::config::Config;
+use crate::discard::DiscardBodyLayer;
 use crate::error::ErrorBoundaryLayer;
 use crate::limits::RequestLimitsLayer;
 use crate::lockout::AuthFailures;
@@ -51,7 +52,9 @@ pub fn build<B>(
     std::io::Error,
 >
 where
-    B: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let metrics = Arc::new(Metrics::new());
     let profiles = config.all_profiles();
@@ -79,6 +82,12 @@ where
         .layer(RequestLimitsLayer::new(config.server.limits))
         // Who is calling comes first: nothing about a request is examined for strangers.
         .layer(AuthLayer::new(Authenticate::new(callers.clone(), failures)))
+        // A known caller's body (old examples send one on GET) is read and dropped: below
+        // here no request has one, so none can be forwarded or reach a cache key.
+        .layer(DiscardBodyLayer::new(
+            config.server.limits.max_body_bytes,
+            config.server.limits.header_timeout,
+        ))
         // Then what they ask, so only canonical, valid questions go further.
         .layer(NormalizeLayer::new(Normalize::new(
             config.server.limits.max_filters,
