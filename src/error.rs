@@ -121,10 +121,12 @@ impl GatewayError {
             | Self::UpstreamStatus { .. }
             | Self::UpstreamUnavailable(_)
             | Self::UpstreamInvalidResponse { .. } => StatusCode::BAD_GATEWAY,
+            // Running out of calls is a 429 in the upstream's own convention, whichever limit
+            // ran out: clients back off on a 429, and retry a 503 at once as a server fault.
             Self::UpstreamRateLimited { .. }
             | Self::UpstreamBudgetExhausted { .. }
-            | Self::UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::CallerQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Self::CallerQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             // RFC 9111 §5.2.1.7: only-if-cached with nothing stored is a 504.
             Self::UpstreamTimeout(_) | Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,16 +147,29 @@ impl GatewayError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::InvalidRequest(invalid) => invalid.code,
             Self::UpstreamAuthFailed { .. } => "upstream_auth_failed",
-            Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            Self::UpstreamRateLimited { .. }
+            | Self::UpstreamBudgetExhausted { .. }
+            | Self::CallerQuotaExceeded { .. } => "rate_limit_exceeded",
             Self::UpstreamStatus { .. } => "upstream_error",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamInvalidResponse { .. } => "upstream_invalid_response",
-            Self::UpstreamBudgetExhausted { .. } => "upstream_budget_exhausted",
             Self::UpstreamCircuitOpen { .. } => "upstream_circuit_open",
-            Self::CallerQuotaExceeded { .. } => "caller_quota_exceeded",
             Self::NotCached => "not_cached",
             Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The `limit` field of a `rate_limit_exceeded` answer: which limit ran out.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            // This caller's own `upstream_per_minute`.
+            Self::CallerQuotaExceeded { .. } => Some("caller_quota"),
+            // The gateway's account of the organization's budget (its profile's).
+            Self::UpstreamBudgetExhausted { .. } => Some("upstream_budget"),
+            // The upstream itself answered 429.
+            Self::UpstreamRateLimited { .. } => Some("upstream"),
+            _ => None,
         }
     }
 
@@ -212,7 +227,10 @@ impl GatewayError {
     /// The JSON response for this error, with the headers its status calls for.
     pub fn to_response(&self) -> Response<ResponseBody> {
         let status = self.status();
-        let body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        let mut body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        if let Some(limit) = self.limit() {
+            body["limit"] = limit.into();
+        }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
         response
@@ -472,14 +490,14 @@ mod tests {
                 GatewayError::UpstreamRateLimited {
                     retry_after: Duration::ZERO,
                 },
-                503,
+                429,
             ),
             (GatewayError::UpstreamTimeout(Duration::ZERO), 504),
             (
                 GatewayError::UpstreamBudgetExhausted {
                     retry_after: Duration::ZERO,
                 },
-                503,
+                429,
             ),
             (
                 GatewayError::UpstreamCircuitOpen {
@@ -522,6 +540,35 @@ mod tests {
         }
         .to_response();
         assert_eq!(quota.headers()[RETRY_AFTER], "1", "never 0");
+    }
+
+    #[tokio::test]
+    async fn every_spent_limit_is_a_429_rate_limit_exceeded_naming_the_limit() {
+        let wait = Duration::from_secs(5);
+        let rows = [
+            (
+                GatewayError::CallerQuotaExceeded { retry_after: wait },
+                "caller_quota",
+            ),
+            (
+                GatewayError::UpstreamBudgetExhausted { retry_after: wait },
+                "upstream_budget",
+            ),
+            (
+                GatewayError::UpstreamRateLimited { retry_after: wait },
+                "upstream",
+            ),
+        ];
+        for (error, limit) in rows {
+            let response = error.to_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[RETRY_AFTER], "5");
+            let body = body_json(response).await;
+            assert_eq!(body["error"], "rate_limit_exceeded");
+            assert_eq!(body["limit"], limit);
+        }
+        let other = body_json(GatewayError::NotCached.to_response()).await;
+        assert!(other.get("limit").is_none(), "{other}");
     }
 
     #[test]

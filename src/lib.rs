@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod observe;
 pub mod query;
+pub mod ratelimit;
 pub mod reload;
 pub mod scope;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::lockout::AuthFailures;
 use crate::metrics::Metrics;
 use crate::normalize::{Normalize, NormalizeLayer};
 use crate::observe::ObserveLayer;
+use crate::ratelimit::RateLimitLayer;
 use crate::scope::{ScopeCheck, ScopeLayer};
 use crate::upstream::Upstreams;
 
@@ -76,6 +77,9 @@ where
     let service = ServiceBuilder::new()
         // Outermost, so the request id, the log line and the metrics cover every answer.
         .layer(ObserveLayer::new(metrics.clone()))
+        // Outside the boundary, so error answers to a known caller say what it may still
+        // spend upstream (x-ratelimit-*) as answers do.
+        .layer(RateLimitLayer::new(upstreams.clone()))
         // The one error boundary: every GatewayError below becomes its JSON response here.
         .layer(ErrorBoundaryLayer)
         // Oversized or body-carrying requests are refused before anything reads them.

@@ -485,7 +485,8 @@ async fn a_flood_of_unique_queries_stays_within_cache_max_bytes_and_its_callers_
         match answer.status.as_u16() {
             200 => {}
             429 => {
-                assert_eq!(answer.json()["error"], "caller_quota_exceeded");
+                assert_eq!(answer.json()["error"], "rate_limit_exceeded");
+                assert_eq!(answer.json()["limit"], "caller_quota");
                 refused += 1;
             }
             other => panic!("unexpected {other}: {}", answer.body),
