@@ -72,6 +72,7 @@ struct Raw {
 struct RawServer {
     listen: Option<String>,
     max_body_bytes: Option<u64>,
+    cors: Option<RawCors>,
     auth_failures_per_minute: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     worker_threads: Option<u64>,
@@ -80,6 +81,12 @@ struct RawServer {
     max_filters: Option<u64>,
     header_timeout_ms: Option<u64>,
     max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allow_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,6 +262,16 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// What one request and one connection may cost (docs/SECURITY.md lists each limit).
     pub limits: RequestLimits,
+    /// Which browser origins may call the gateway (`[server.cors]`).
+    pub cors: CorsConfig,
+}
+
+/// `[server.cors]`: the web origins whose pages may call the gateway from a browser.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Serialized origins (`https://dash.example.com`, lower-case, no path); empty means no
+    /// CORS headers at all, so browsers keep every other origin out.
+    pub allow_origins: Vec<String>,
 }
 
 /// The bounds a hostile or broken client meets before any of its requests costs more.
@@ -610,6 +627,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         .worker_threads
         .map(|threads| bounded(threads, "server.worker_threads", 1, 1_024, &mut problems) as usize);
     let limits = validate_limits(&raw.server, &mut problems);
+    let cors = validate_cors(raw.server.cors.as_ref(), &mut problems);
     let auth_failures_per_minute = narrow(bounded(
         raw.server
             .auth_failures_per_minute
@@ -633,6 +651,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
                 shutdown_grace,
                 worker_threads,
                 limits,
+                cors,
             },
             admin: AdminConfig {
                 listen: admin_listen,
@@ -702,6 +721,54 @@ fn validate_limits(raw: &RawServer, problems: &mut Vec<String>) -> RequestLimits
             1_000_000,
         ),
     }
+}
+
+/// `[server.cors] allow_origins`: each a serialized origin, `scheme://host[:port]`, as a
+/// browser sends it in `Origin`. `*` and `null` are refused: a key in a page is only as safe
+/// as the pages that may use it, so each origin is named.
+fn validate_cors(raw: Option<&RawCors>, problems: &mut Vec<String>) -> CorsConfig {
+    let origins = raw
+        .and_then(|cors| cors.allow_origins.as_deref())
+        .unwrap_or_default();
+    let allow_origins = origins
+        .iter()
+        .filter_map(|origin| match parse_origin(origin) {
+            Ok(origin) => Some(origin),
+            Err(why) => {
+                // Never echo what might be a user name and password.
+                let shown = if origin.contains('@') {
+                    "[redacted]"
+                } else {
+                    origin
+                };
+                problems.push(format!("server.cors.allow_origins: `{shown}` {why}"));
+                None
+            }
+        })
+        .collect();
+    CorsConfig { allow_origins }
+}
+
+/// A serialized origin (RFC 6454 §6.2), lower-cased as browsers send it.
+fn parse_origin(text: &str) -> Result<String, &'static str> {
+    if text == "*" || text.eq_ignore_ascii_case("null") {
+        return Err("is not allowed: name each origin, like https://dashboard.example.com");
+    }
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| "is not an origin like https://dashboard.example.com")?;
+    match uri.scheme_str() {
+        Some("https" | "http") => {}
+        _ => return Err("must start with https:// (or http://)"),
+    }
+    let authority = uri.authority().ok_or("has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry a user name or password");
+    }
+    if text.ends_with('/') || uri.path() != "/" || uri.query().is_some() {
+        return Err("must be scheme://host[:port] alone, without a path or a trailing slash");
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 fn validate_upstream(raw: RawUpstream, problems: &mut Vec<String>) -> Option<UpstreamConfig> {
@@ -1347,7 +1414,7 @@ mod tests {
     #[test]
     fn request_limits_out_of_range_are_each_named() {
         let found = problems(&format!(
-            "[server]\nmax_uri_bytes = 10\nmax_header_bytes = 0\nmax_filters = 0\nheader_timeout_ms = 5\nmax_connections = 0\n[cache]\nmax_entry_bytes = 99999999999\n{MINIMAL}"
+            "[server]\nmax_uri_bytes = 10\nmax_header_bytes = 0\nmax_filters = 0\nmax_body_bytes = 99999999\nheader_timeout_ms = 5\nmax_connections = 0\n[cache]\nmax_entry_bytes = 99999999999\n{MINIMAL}"
         ));
         assert_problems(
             &found,
@@ -1355,11 +1422,42 @@ mod tests {
                 "server.max_uri_bytes",
                 "server.max_header_bytes",
                 "server.max_filters",
+                "server.max_body_bytes",
                 "server.header_timeout_ms",
                 "server.max_connections",
                 "cache.max_entry_bytes",
             ],
         );
+    }
+
+    #[test]
+    fn cors_origins_are_named_origins_lower_cased_and_none_by_default() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert!(config.server.cors.allow_origins.is_empty());
+        assert_eq!(config.server.limits.max_body_bytes, 16 * 1024);
+        let config = Config::from_toml(&format!(
+            "[server.cors]\nallow_origins = [\"https://Dash.Example.com\", \"http://127.0.0.1:8000\"]\n{MINIMAL}"
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.server.cors.allow_origins,
+            ["https://dash.example.com", "http://127.0.0.1:8000"]
+        );
+        for bad in [
+            "*",
+            "null",
+            "dash.example.com",
+            "https://dash.example.com/",
+            "https://dash.example.com/app",
+            "ftp://dash.example.com",
+            "https://user:secret@dash.example.com",
+        ] {
+            let found = problems(&format!(
+                "[server.cors]\nallow_origins = [\"{bad}\"]\n{MINIMAL}"
+            ));
+            assert_problems(&found, &["server.cors.allow_origins"]);
+            assert!(!found.iter().any(|p| p.contains("secret")), "{found:?}");
+        }
     }
 
     #[test]

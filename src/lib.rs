@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod discard;
 pub mod error;

@@ -81,6 +81,7 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
             "server limits (max_uri_bytes, max_header_bytes, max_filters, max_body_bytes, header_timeout_ms, max_connections)",
             old.limits != new.limits,
         ),
+        ("server.cors", old.cors != new.cors),
         (
             "upstream",
             format!("{:?}", running.upstream) != format!("{:?}", next.upstream)

@@ -77,6 +77,9 @@ where
     let service = ServiceBuilder::new()
         // Outermost, so the request id, the log line and the metrics cover every answer.
         .layer(ObserveLayer::new(metrics.clone()))
+        // Browsers' preflights are answered before auth (they carry no key) and every answer
+        // to a listed origin says so; with no origins configured there is no layer at all.
+        .option_layer(crate::cors::layer(&config.server.cors))
         // Outside the boundary, so error answers to a known caller say what it may still
         // spend upstream (x-ratelimit-*) as answers do.
         .layer(RateLimitLayer::new(upstreams.clone()))
