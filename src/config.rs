@@ -639,9 +639,16 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     ));
 
     let upstream = validate_upstream(raw.upstream, &mut problems);
+    // Every profile name written, valid or not: a caller naming one that failed is not a
+    // second problem (the profile's own is already reported).
+    let declared: Vec<String> = raw
+        .upstreams
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .collect();
     let profiles = validate_profiles(raw.upstreams, upstream.as_ref(), &mut problems);
     let cache = validate_cache(raw.cache, &mut problems);
-    let callers = validate_callers(raw.callers, &profiles, &mut problems);
+    let callers = validate_callers(raw.callers, &profiles, &declared, &mut problems);
 
     match upstream {
         Some(upstream) if problems.is_empty() => Ok(Config {
@@ -1126,6 +1133,7 @@ fn valid_name(at: &str, name: Option<String>, problems: &mut Vec<String>) -> Opt
 fn validate_callers(
     raw: Vec<RawCaller>,
     profiles: &[ProfileConfig],
+    declared_profiles: &[String],
     problems: &mut Vec<String>,
 ) -> Vec<CallerConfig> {
     if raw.is_empty() {
@@ -1176,6 +1184,7 @@ fn validate_callers(
             Some(profile) if profile == DEFAULT_PROFILE => None,
             Some(profile) => match profiles.iter().find(|p| *p.name == *profile) {
                 Some(found) => Some(found.name.clone()),
+                None if declared_profiles.contains(&profile) => continue,
                 None => {
                     problems.push(format!(
                         "{at}.upstream: no [[upstreams]] profile is named `{profile}`"
@@ -1458,6 +1467,24 @@ mod tests {
             assert_problems(&found, &["server.cors.allow_origins"]);
             assert!(!found.iter().any(|p| p.contains("secret")), "{found:?}");
         }
+    }
+
+    #[test]
+    fn a_profile_that_fails_is_one_problem_not_one_more_per_caller_using_it() {
+        let found = problems(&format!(
+            "{MINIMAL}\n[[upstreams]]\nname = \"partner\"\ntoken_env = \"USAGE_GATEWAY_TEST_SURELY_UNSET_7f3a\"\n[[callers]]\nname = \"partner-dashboard\"\nkey = \"k2\"\nupstream = \"partner\"\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("token_env"), "{found:?}");
+        // A profile that was never declared is still the caller's problem.
+        let found = problems(&format!(
+            "{MINIMAL}\n[[callers]]\nname = \"lost\"\nkey = \"k3\"\nupstream = \"nowhere\"\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("no [[upstreams]] profile is named"),
+            "{found:?}"
+        );
     }
 
     #[test]

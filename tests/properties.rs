@@ -496,7 +496,8 @@ fn place_secret(secret: &str, quote: usize, place: Place, breakage: Breakage) ->
         _ => {}
     }
     let mut text = match place {
-        Place::UpstreamToken => EXAMPLE.replace("token = \"onok_replace-me\"", &assignment),
+        // The example leaves the token to the environment; its commented line is where one goes.
+        Place::UpstreamToken => EXAMPLE.replace("# token = \"onok_replace-me\"", &assignment),
         Place::CallerKey => EXAMPLE.replace("key = \"dev-only-dashboards-key\"", &assignment),
         Place::PartnerKey => EXAMPLE.replace("key = \"dev-only-partner-key\"", &assignment),
         Place::NewProfileToken => {
