@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`, and a small client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod raw;
 pub mod sim;
 
 use std::net::SocketAddr;
