@@ -156,11 +156,8 @@ fn the_example_config_checks_out_with_the_organization_token_alone() {
 
 #[test]
 fn a_failing_profile_is_reported_once_and_not_again_for_its_callers() {
-    let dir = std::env::temp_dir().join(format!("usage-gateway-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join("partner.toml");
-    std::fs::write(
-        &file,
+    let file = temp_config(
+        "partner.toml",
         r#"
         [upstream]
         token = "org-token"
@@ -172,15 +169,13 @@ fn a_failing_profile_is_reported_once_and_not_again_for_its_callers() {
         key = "dev-only-partner-key"
         upstream = "partner-org"
         "#,
-    )
-    .expect("write config");
+    );
     let output = gateway()
         .env_clear()
         .args(["check", "--config"])
         .arg(&file)
         .output()
         .expect("runs");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(!output.status.success());
     let problems = String::from_utf8_lossy(&output.stderr);
     assert!(problems.contains("PARTNER_ONOMONDO_TOKEN"), "{problems}");
