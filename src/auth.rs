@@ -6,7 +6,7 @@
 //! constant time against every configured caller, so neither timing nor the error tells which
 //! part of a key was right. The key itself goes no further than this file.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,7 @@ use crate::gate::{Gate, GateLayer};
 use crate::lockout::{AuthFailures, ClientAddr};
 use crate::observe::RequestFacts;
 use crate::scope::Scope;
-use crate::upstream::budget::SlidingWindow;
+use crate::upstream::budget::{Allowance, SlidingWindow};
 
 /// The `X-API-Key` header, the third accepted credential form.
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -31,6 +31,19 @@ pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub struct Caller {
     pub name: Arc<str>,
     pub policy: Arc<CallerPolicy>,
+}
+
+/// Request extension put in by a layer outside the error boundary that needs, on the way
+/// out, to know who asked (the rate-limit headers): auth fills it with the caller it found.
+/// Extensions only travel inwards; this is how the answer to "who was it" travels back out.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(Arc<OnceLock<Caller>>);
+
+impl CallerSlot {
+    /// The caller auth found, once it has found one.
+    pub fn get(&self) -> Option<&Caller> {
+        self.0.get()
+    }
 }
 
 /// Quota state, kept across reloads while a caller's quota is unchanged.
@@ -83,6 +96,17 @@ impl CallerPolicy {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .try_take(now)
             .map_err(|free_at| free_at.saturating_duration_since(now))
+    }
+
+    /// What is left of this caller's quota at `now`; `None` without a quota.
+    pub fn quota_allowance(&self, now: Instant) -> Option<Allowance> {
+        let (_, quota) = self.quota.as_ref()?;
+        Some(
+            quota
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .allowance(now),
+        )
     }
 }
 
@@ -191,12 +215,35 @@ impl Callers {
     }
 }
 
+/// What a request presents as its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// No credential at all, or an empty one: a CORS preflight, a health probe, a client not
+    /// yet configured. Refused, but no attempt at guessing a key.
+    Nothing,
+    /// Several `Authorization` or `X-API-Key` headers, or the two carrying different keys (a
+    /// request must not be able to pick which of two keys the gateway believes).
+    Ambiguous,
+    /// Exactly one key.
+    Key(&'a [u8]),
+}
+
+impl<'a> Presented<'a> {
+    pub fn key(self) -> Option<&'a [u8]> {
+        match self {
+            Presented::Key(key) => Some(key),
+            Presented::Nothing | Presented::Ambiguous => None,
+        }
+    }
+}
+
 /// The key a request presents, if exactly one is presented.
-///
-/// Refused (`None`): no credential; an empty one; several `Authorization` or `X-API-Key`
-/// headers; `Authorization` and `X-API-Key` carrying different keys (a request must not be
-/// able to pick which of two keys the gateway believes).
 pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    presented(headers).key()
+}
+
+/// What a request presents (see [`Presented`]).
+pub fn presented(headers: &HeaderMap) -> Presented<'_> {
     let single = |name: &HeaderName| -> Result<Option<&[u8]>, ()> {
         let mut values = headers.get_all(name).iter();
         match (values.next(), values.next()) {
@@ -205,16 +252,23 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
             (Some(_), Some(_)) => Err(()),
         }
     };
-    let from_authorization = single(&AUTHORIZATION).ok()?.map(strip_bearer);
-    let from_api_key = single(&X_API_KEY).ok()?;
-    let key = match (from_authorization, from_api_key) {
-        (Some(a), Some(b)) if a == b => a,
-        (Some(_), Some(_)) => return None,
-        (Some(key), None) | (None, Some(key)) => key,
-        (None, None) => return None,
+    let (Ok(from_authorization), Ok(from_api_key)) = (single(&AUTHORIZATION), single(&X_API_KEY))
+    else {
+        return Presented::Ambiguous;
     };
-    let key = key.trim_ascii();
-    (!key.is_empty()).then_some(key)
+    let from_authorization = from_authorization.map(strip_bearer).and_then(nonempty);
+    let from_api_key = from_api_key.and_then(nonempty);
+    match (from_authorization, from_api_key) {
+        (Some(a), Some(b)) if a == b => Presented::Key(a),
+        (Some(_), Some(_)) => Presented::Ambiguous,
+        (Some(key), None) | (None, Some(key)) => Presented::Key(key),
+        (None, None) => Presented::Nothing,
+    }
+}
+
+/// A key with surrounding whitespace trimmed, unless nothing is left.
+fn nonempty(key: &[u8]) -> Option<&[u8]> {
+    Some(key.trim_ascii()).filter(|key| !key.is_empty())
 }
 
 /// `Bearer <key>` (scheme case-insensitive, RFC 9110 §11.1) or the raw key.
@@ -253,16 +307,23 @@ impl Gate for Authenticate {
                 return Err(GatewayError::TooManyAuthFailures { retry_after });
             }
         }
-        let presented = presented_key(request.headers());
-        let Some(caller) = presented.and_then(|key| self.callers.identify(key)) else {
-            if let Some(source) = source {
+        let presented = presented(request.headers());
+        let Some(caller) = presented.key().and_then(|key| self.callers.identify(key)) else {
+            // Only a wrong key is a guess. A request with no key at all (a CORS preflight, a
+            // health probe) is refused without counting, so it can never lock an address out.
+            let reason = match presented {
+                Presented::Nothing => None,
+                Presented::Ambiguous => Some("conflicting keys"),
+                Presented::Key(_) => Some("unknown key"),
+            };
+            if let (Some(source), Some(reason)) = (source, reason) {
                 let recorded = self.failures.record_failure(source, now);
                 if recorded.log {
                     tracing::warn!(
                         %source,
                         failures = recorded.failures,
                         tripped = recorded.tripped,
-                        reason = if presented.is_some() { "unknown key" } else { "no key" },
+                        reason,
                         "authentication failed"
                     );
                 }
@@ -271,6 +332,10 @@ impl Gate for Authenticate {
         };
         if let Some(facts) = RequestFacts::of(request.extensions()) {
             facts.set_caller(&caller.name);
+        }
+        if let Some(slot) = request.extensions().get::<CallerSlot>() {
+            // Set at most once per request: a request passes auth once.
+            let _ = slot.0.set(caller.clone());
         }
         request.extensions_mut().insert(caller);
         Ok(())
@@ -354,6 +419,74 @@ mod tests {
         for (pairs, expected) in rows {
             assert_eq!(presented_key(&headers(pairs)), expected, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn a_missing_key_is_nothing_and_two_different_keys_are_ambiguous() {
+        let rows: [(&[(&str, &str)], Presented); 6] = [
+            (&[], Presented::Nothing),
+            (&[("authorization", "")], Presented::Nothing),
+            (&[("authorization", "Bearer ")], Presented::Nothing),
+            (
+                &[("x-api-key", "k1"), ("authorization", "k2")],
+                Presented::Ambiguous,
+            ),
+            (
+                &[("x-api-key", "k1"), ("x-api-key", "k1")],
+                Presented::Ambiguous,
+            ),
+            (&[("authorization", "Bearer k1")], Presented::Key(b"k1")),
+        ];
+        for (pairs, expected) in rows {
+            assert_eq!(presented(&headers(pairs)), expected, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn only_wrong_keys_count_towards_the_failed_authentication_limit() {
+        let failures = Arc::new(AuthFailures::new(2, Duration::from_secs(60)));
+        let gate = Authenticate::new(store(), failures.clone());
+        let addr = ClientAddr("127.0.0.9:5000".parse().expect("address"));
+        let attempt = |headers: &[(&str, &str)]| {
+            let mut request = Request::builder().uri("/usage");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let mut request = request.body(()).expect("request");
+            request.extensions_mut().insert(addr);
+            gate.admit(&mut request).err().map(|error| error.code())
+        };
+        // Preflights and probes without a key, however many, never lock the address out.
+        for _ in 0..10 {
+            assert_eq!(attempt(&[]), Some("unauthorized"));
+        }
+        assert_eq!(attempt(&[("authorization", "key-ops")]), None);
+        // Two wrong keys do (the limit is 2), valid keys included.
+        assert_eq!(
+            attempt(&[("authorization", "guess-1")]),
+            Some("unauthorized")
+        );
+        assert_eq!(attempt(&[("x-api-key", "guess-2")]), Some("unauthorized"));
+        assert_eq!(
+            attempt(&[("authorization", "key-ops")]),
+            Some("too_many_auth_failures")
+        );
+    }
+
+    #[test]
+    fn the_caller_found_is_published_to_a_slot_placed_outside() {
+        let gate = Authenticate::new(
+            store(),
+            Arc::new(AuthFailures::new(60, Duration::from_secs(60))),
+        );
+        let slot = CallerSlot::default();
+        let mut request = Request::builder()
+            .header("authorization", "key-billing")
+            .body(())
+            .expect("request");
+        request.extensions_mut().insert(slot.clone());
+        gate.admit(&mut request).expect("known key");
+        assert_eq!(slot.get().map(|c| &*c.name), Some("billing"));
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 pub const DEFAULT_MAX_URI_BYTES: u64 = 8 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_MAX_FILTERS: u64 = 32;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
@@ -73,6 +74,8 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    max_body_bytes: Option<u64>,
+    cors: Option<RawCors>,
     auth_failures_per_minute: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     worker_threads: Option<u64>,
@@ -84,6 +87,12 @@ struct RawServer {
     send_timeout_ms: Option<u64>,
     max_requests_per_connection: Option<u64>,
     http2_max_streams: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allow_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +312,16 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// What one request and one connection may cost (docs/SECURITY.md lists each limit).
     pub limits: RequestLimits,
+    /// Which browser origins may call the gateway (`[server.cors]`).
+    pub cors: CorsConfig,
+}
+
+/// `[server.cors]`: the web origins whose pages may call the gateway from a browser.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Serialized origins (`https://dash.example.com`, lower-case, no path); empty means no
+    /// CORS headers at all, so browsers keep every other origin out.
+    pub allow_origins: Vec<String>,
 }
 
 /// The bounds a hostile or broken client meets before any of its requests costs more.
@@ -314,6 +333,8 @@ pub struct RequestLimits {
     pub max_header_bytes: usize,
     /// Most `filter` parameters in one query; more is 400.
     pub max_filters: usize,
+    /// Largest body a request may carry; it is read and dropped, and a larger one is 413.
+    pub max_body_bytes: usize,
     /// How long a connection may take to send a request's headers, and may sit idle between
     /// requests, before it is closed.
     pub header_timeout: Duration,
@@ -334,6 +355,7 @@ impl Default for RequestLimits {
             max_uri_bytes: DEFAULT_MAX_URI_BYTES as usize,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES as usize,
             max_filters: DEFAULT_MAX_FILTERS as usize,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES as usize,
             header_timeout: Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             send_timeout: Duration::from_millis(DEFAULT_SEND_TIMEOUT_MS),
@@ -665,6 +687,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         .worker_threads
         .map(|threads| bounded(threads, "server.worker_threads", 1, 1_024, &mut problems) as usize);
     let limits = validate_limits(&raw.server, &mut problems);
+    let cors = validate_cors(raw.server.cors.as_ref(), &mut problems);
     let auth_failures_per_minute = narrow(bounded(
         raw.server
             .auth_failures_per_minute
@@ -676,9 +699,16 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     ));
 
     let upstream = validate_upstream(raw.upstream, &mut problems);
+    // Every profile name written, valid or not: a caller naming one that failed is not a
+    // second problem (the profile's own is already reported).
+    let declared: Vec<String> = raw
+        .upstreams
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .collect();
     let profiles = validate_profiles(raw.upstreams, upstream.as_ref(), &mut problems);
     let cache = validate_cache(raw.cache, &mut problems);
-    let callers = validate_callers(raw.callers, &profiles, &mut problems);
+    let callers = validate_callers(raw.callers, &profiles, &declared, &mut problems);
 
     match upstream {
         Some(upstream) if problems.is_empty() => Ok(Config {
@@ -688,6 +718,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
                 shutdown_grace,
                 worker_threads,
                 limits,
+                cors,
             },
             admin: AdminConfig {
                 listen: admin_listen,
@@ -734,6 +765,14 @@ fn validate_limits(raw: &RawServer, problems: &mut Vec<String>) -> RequestLimits
             1,
             1_000,
         ),
+        // Old API examples send a small JSON body on GET; it is read and dropped, never kept.
+        max_body_bytes: setting(
+            raw.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            "server.max_body_bytes",
+            0,
+            1024 * 1024,
+        ),
         header_timeout: Duration::from_millis(setting(
             raw.header_timeout_ms,
             DEFAULT_HEADER_TIMEOUT_MS,
@@ -770,6 +809,54 @@ fn validate_limits(raw: &RawServer, problems: &mut Vec<String>) -> RequestLimits
             10_000,
         ) as u32,
     }
+}
+
+/// `[server.cors] allow_origins`: each a serialized origin, `scheme://host[:port]`, as a
+/// browser sends it in `Origin`. `*` and `null` are refused: a key in a page is only as safe
+/// as the pages that may use it, so each origin is named.
+fn validate_cors(raw: Option<&RawCors>, problems: &mut Vec<String>) -> CorsConfig {
+    let origins = raw
+        .and_then(|cors| cors.allow_origins.as_deref())
+        .unwrap_or_default();
+    let allow_origins = origins
+        .iter()
+        .filter_map(|origin| match parse_origin(origin) {
+            Ok(origin) => Some(origin),
+            Err(why) => {
+                // Never echo what might be a user name and password.
+                let shown = if origin.contains('@') {
+                    "[redacted]"
+                } else {
+                    origin
+                };
+                problems.push(format!("server.cors.allow_origins: `{shown}` {why}"));
+                None
+            }
+        })
+        .collect();
+    CorsConfig { allow_origins }
+}
+
+/// A serialized origin (RFC 6454 §6.2), lower-cased as browsers send it.
+fn parse_origin(text: &str) -> Result<String, &'static str> {
+    if text == "*" || text.eq_ignore_ascii_case("null") {
+        return Err("is not allowed: name each origin, like https://dashboard.example.com");
+    }
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| "is not an origin like https://dashboard.example.com")?;
+    match uri.scheme_str() {
+        Some("https" | "http") => {}
+        _ => return Err("must start with https:// (or http://)"),
+    }
+    let authority = uri.authority().ok_or("has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry a user name or password");
+    }
+    if text.ends_with('/') || uri.path() != "/" || uri.query().is_some() {
+        return Err("must be scheme://host[:port] alone, without a path or a trailing slash");
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 fn validate_upstream(raw: RawUpstream, problems: &mut Vec<String>) -> Option<UpstreamConfig> {
@@ -1142,6 +1229,7 @@ fn valid_name(at: &str, name: Option<String>, problems: &mut Vec<String>) -> Opt
 fn validate_callers(
     raw: Vec<RawCaller>,
     profiles: &[ProfileConfig],
+    declared_profiles: &[String],
     problems: &mut Vec<String>,
 ) -> Vec<CallerConfig> {
     if raw.is_empty() {
@@ -1192,6 +1280,7 @@ fn validate_callers(
             Some(profile) if profile == DEFAULT_PROFILE => None,
             Some(profile) => match profiles.iter().find(|p| *p.name == *profile) {
                 Some(found) => Some(found.name.clone()),
+                None if declared_profiles.contains(&profile) => continue,
                 None => {
                     problems.push(format!(
                         "{at}.upstream: no [[upstreams]] profile is named `{profile}`"
@@ -1294,9 +1383,11 @@ fn caller_scope(
     let sims = sims.map(|sims| {
         sims.into_iter()
             .filter(|sim| {
-                let valid = crate::query::is_sim_id(sim);
+                let valid = crate::query::is_sim_ref(sim);
                 if !valid {
-                    problems.push(format!("{at}.sims: `{sim}` is not a 9-digit SIM id"));
+                    problems.push(format!(
+                        "{at}.sims: `{sim}` is neither a 9-digit SIM id nor a 19-20 digit ICCID"
+                    ));
                 }
                 valid
             })
@@ -1435,7 +1526,7 @@ mod tests {
     #[test]
     fn request_limits_out_of_range_are_each_named() {
         let found = problems(&format!(
-            "[server]\nmax_uri_bytes = 10\nmax_header_bytes = 0\nmax_filters = 0\nheader_timeout_ms = 5\nmax_connections = 0\n[cache]\nmax_entry_bytes = 99999999999\n{MINIMAL}"
+            "[server]\nmax_uri_bytes = 10\nmax_header_bytes = 0\nmax_filters = 0\nmax_body_bytes = 99999999\nheader_timeout_ms = 5\nmax_connections = 0\n[cache]\nmax_entry_bytes = 99999999999\n{MINIMAL}"
         ));
         assert_problems(
             &found,
@@ -1443,10 +1534,59 @@ mod tests {
                 "server.max_uri_bytes",
                 "server.max_header_bytes",
                 "server.max_filters",
+                "server.max_body_bytes",
                 "server.header_timeout_ms",
                 "server.max_connections",
                 "cache.max_entry_bytes",
             ],
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_named_origins_lower_cased_and_none_by_default() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert!(config.server.cors.allow_origins.is_empty());
+        assert_eq!(config.server.limits.max_body_bytes, 16 * 1024);
+        let config = Config::from_toml(&format!(
+            "[server.cors]\nallow_origins = [\"https://Dash.Example.com\", \"http://127.0.0.1:8000\"]\n{MINIMAL}"
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.server.cors.allow_origins,
+            ["https://dash.example.com", "http://127.0.0.1:8000"]
+        );
+        for bad in [
+            "*",
+            "null",
+            "dash.example.com",
+            "https://dash.example.com/",
+            "https://dash.example.com/app",
+            "ftp://dash.example.com",
+            "https://user:secret@dash.example.com",
+        ] {
+            let found = problems(&format!(
+                "[server.cors]\nallow_origins = [\"{bad}\"]\n{MINIMAL}"
+            ));
+            assert_problems(&found, &["server.cors.allow_origins"]);
+            assert!(!found.iter().any(|p| p.contains("secret")), "{found:?}");
+        }
+    }
+
+    #[test]
+    fn a_profile_that_fails_is_one_problem_not_one_more_per_caller_using_it() {
+        let found = problems(&format!(
+            "{MINIMAL}\n[[upstreams]]\nname = \"partner\"\ntoken_env = \"USAGE_GATEWAY_TEST_SURELY_UNSET_7f3a\"\n[[callers]]\nname = \"partner-dashboard\"\nkey = \"k2\"\nupstream = \"partner\"\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("token_env"), "{found:?}");
+        // A profile that was never declared is still the caller's problem.
+        let found = problems(&format!(
+            "{MINIMAL}\n[[callers]]\nname = \"lost\"\nkey = \"k3\"\nupstream = \"nowhere\"\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("no [[upstreams]] profile is named"),
+            "{found:?}"
         );
     }
 

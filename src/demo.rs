@@ -18,6 +18,7 @@ pub struct Demo {
     upstream: SocketAddr,
     caller_key: String,
     sim_id: String,
+    iccid: String,
     tag_id: String,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -59,10 +60,14 @@ impl Demo {
 
         let options = SimOptions {
             keys: vec![org_token.clone()],
+            // Real time for the simulated API's rate limit, so its x-ratelimit-reset is a real
+            // instant the gateway can pace itself by.
+            live_clock: true,
             ..SimOptions::default()
         };
         let simulator = Simulator::new(options)?;
         let sim_id = simulator.sim_ids().into_iter().next().unwrap_or_default();
+        let iccid = simulator.iccids().into_iter().nth(1).unwrap_or_default();
         let tag_id = simulator.tag_ids().into_iter().next().unwrap_or_default();
         let sim_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let upstream = local_addr(&sim_listener, listen)?;
@@ -116,6 +121,7 @@ impl Demo {
             upstream,
             caller_key,
             sim_id,
+            iccid,
             tag_id,
             stop,
             tasks: vec![sim_task, gateway_task],
@@ -151,7 +157,8 @@ impl Demo {
              \n  curl -gsi {auth} '{base}/usage?limit=2'\
              \n  curl -gs  {auth} '{base}/usage?filter[]=country_code:DK&filter[]=time:2024-02&limit=3'\
              \n  curl -gs  {auth} '{base}/usage/{sim}?filter=time:2024-03-01&group=hours&limit=5'\
-             \n  curl -gs  {auth} '{base}/usage/tag-total/{tag}'\
+             \n  curl -gs  {auth} '{base}/usage/{iccid}?filter=time:2024-03-01&limit=5'   # by ICCID\
+             \n  curl -gs  {auth} '{base}/usage/tag-total/{tag}?filter=time:2024-03&group=hours&limit=5'\
              \n  curl -gs  {auth} '{base}/usage?limit=5000'      # a 400 naming the problem\
              \n  curl -gs  '{base}/usage'                          # a 401: no key\
              \n\
@@ -160,6 +167,7 @@ impl Demo {
             upstream = self.upstream,
             admin = self.admin,
             sim = self.sim_id,
+            iccid = self.iccid,
             tag = self.tag_id,
         )
     }

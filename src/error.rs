@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{ready, CatchUnwind, Either, Ready};
 use futures_util::FutureExt;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +73,10 @@ pub enum GatewayError {
     UriTooLong { limit: usize },
     #[error("request headers larger than {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
     #[error("invalid request: {0}")]
     InvalidRequest(InvalidRequest),
     #[error("the upstream refused the gateway's credential (HTTP {status})")]
@@ -114,15 +118,19 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamAuthFailed { .. }
             | Self::UpstreamStatus { .. }
             | Self::UpstreamUnavailable(_)
             | Self::UpstreamInvalidResponse { .. } => StatusCode::BAD_GATEWAY,
+            // Running out of calls is a 429 in the upstream's own convention, whichever limit
+            // ran out: clients back off on a 429, and retry a 503 at once as a server fault.
             Self::UpstreamRateLimited { .. }
             | Self::UpstreamBudgetExhausted { .. }
-            | Self::UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::CallerQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Self::CallerQuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             // RFC 9111 §5.2.1.7: only-if-cached with nothing stored is a 504.
             Self::UpstreamTimeout(_) | Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -139,18 +147,33 @@ impl GatewayError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong { .. } => "uri_too_long",
             Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::InvalidRequest(invalid) => invalid.code,
             Self::UpstreamAuthFailed { .. } => "upstream_auth_failed",
-            Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            Self::UpstreamRateLimited { .. }
+            | Self::UpstreamBudgetExhausted { .. }
+            | Self::CallerQuotaExceeded { .. } => "rate_limit_exceeded",
             Self::UpstreamStatus { .. } => "upstream_error",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamInvalidResponse { .. } => "upstream_invalid_response",
-            Self::UpstreamBudgetExhausted { .. } => "upstream_budget_exhausted",
             Self::UpstreamCircuitOpen { .. } => "upstream_circuit_open",
-            Self::CallerQuotaExceeded { .. } => "caller_quota_exceeded",
             Self::NotCached => "not_cached",
             Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The `limit` field of a `rate_limit_exceeded` answer: which limit ran out.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            // This caller's own `upstream_per_minute`.
+            Self::CallerQuotaExceeded { .. } => Some("caller_quota"),
+            // The gateway's account of the organization's budget (its profile's).
+            Self::UpstreamBudgetExhausted { .. } => Some("upstream_budget"),
+            // The upstream itself answered 429.
+            Self::UpstreamRateLimited { .. } => Some("upstream"),
+            _ => None,
         }
     }
 
@@ -165,6 +188,13 @@ impl GatewayError {
             ),
             Self::HeadersTooLarge { limit } => format!(
                 "the request headers are larger than the gateway accepts ({limit} bytes of names and values)"
+            ),
+            Self::BodyTooLarge { limit } => format!(
+                "the request body is larger than the gateway reads ({limit} bytes); a usage question needs no body: it is all in the URL"
+            ),
+            Self::BodyTimeout(timeout) => format!(
+                "the request body did not arrive within {} seconds",
+                whole_secs(*timeout)
             ),
             Self::Forbidden(why) => why.clone(),
             Self::TooManyAuthFailures { retry_after } => format!(
@@ -201,7 +231,10 @@ impl GatewayError {
     /// The JSON response for this error, with the headers its status calls for.
     pub fn to_response(&self) -> Response<ResponseBody> {
         let status = self.status();
-        let body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        let mut body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        if let Some(limit) = self.limit() {
+            body["limit"] = limit.into();
+        }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
         response
@@ -217,6 +250,10 @@ impl GatewayError {
             // RFC 9110 §15.5.6: a 405 lists the allowed methods.
             Self::MethodNotAllowed => {
                 headers.insert(ALLOW, HeaderValue::from_static("GET"));
+            }
+            // RFC 9110 §15.5.14: the unread body would follow; closing is the only way past it.
+            Self::BodyTooLarge { .. } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -259,6 +296,8 @@ impl GatewayError {
             | Self::MethodNotAllowed
             | Self::UriTooLong { .. }
             | Self::HeadersTooLarge { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout(_)
             | Self::InvalidRequest(_)
             | Self::NotCached
             | Self::Internal(_) => false,
@@ -479,6 +518,8 @@ mod tests {
                 retry_after: Duration::from_secs(30),
             },
             GatewayError::MethodNotAllowed,
+            GatewayError::BodyTooLarge { limit: 16384 },
+            GatewayError::BodyTimeout(Duration::from_secs(10)),
             GatewayError::InvalidRequest(InvalidRequest::new("limit_invalid", "bad limit")),
             GatewayError::UpstreamAuthFailed {
                 status: StatusCode::FORBIDDEN,
@@ -530,6 +571,8 @@ mod tests {
             (GatewayError::MethodNotAllowed, 405),
             (GatewayError::UriTooLong { limit: 1 }, 414),
             (GatewayError::HeadersTooLarge { limit: 1 }, 431),
+            (GatewayError::BodyTooLarge { limit: 1 }, 413),
+            (GatewayError::BodyTimeout(Duration::ZERO), 408),
             (
                 GatewayError::InvalidRequest(InvalidRequest::new("x_invalid", "x")),
                 400,
@@ -544,14 +587,14 @@ mod tests {
                 GatewayError::UpstreamRateLimited {
                     retry_after: Duration::ZERO,
                 },
-                503,
+                429,
             ),
             (GatewayError::UpstreamTimeout(Duration::ZERO), 504),
             (
                 GatewayError::UpstreamBudgetExhausted {
                     retry_after: Duration::ZERO,
                 },
-                503,
+                429,
             ),
             (
                 GatewayError::UpstreamCircuitOpen {
@@ -594,6 +637,35 @@ mod tests {
         }
         .to_response();
         assert_eq!(quota.headers()[RETRY_AFTER], "1", "never 0");
+    }
+
+    #[tokio::test]
+    async fn every_spent_limit_is_a_429_rate_limit_exceeded_naming_the_limit() {
+        let wait = Duration::from_secs(5);
+        let rows = [
+            (
+                GatewayError::CallerQuotaExceeded { retry_after: wait },
+                "caller_quota",
+            ),
+            (
+                GatewayError::UpstreamBudgetExhausted { retry_after: wait },
+                "upstream_budget",
+            ),
+            (
+                GatewayError::UpstreamRateLimited { retry_after: wait },
+                "upstream",
+            ),
+        ];
+        for (error, limit) in rows {
+            let response = error.to_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[RETRY_AFTER], "5");
+            let body = body_json(response).await;
+            assert_eq!(body["error"], "rate_limit_exceeded");
+            assert_eq!(body["limit"], limit);
+        }
+        let other = body_json(GatewayError::NotCached.to_response()).await;
+        assert!(other.get("limit").is_none(), "{other}");
     }
 
     #[test]

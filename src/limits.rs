@@ -2,10 +2,15 @@
 //!
 //! - a request target longer than `server.max_uri_bytes` is 414 `uri_too_long`;
 //! - header names and values over `server.max_header_bytes` in all are 431 `headers_too_large`;
-//! - a GET that carries a body (`Content-Length` above 0, or any `Transfer-Encoding`) is 400
-//!   `body_not_allowed`: the API's questions are all in the URL, a body is never read or
-//!   forwarded, and refusing it outright leaves no room for a proxy in front to disagree with us
-//!   about where the next request starts.
+//! - a GET whose `Content-Length` is above `server.max_body_bytes` is 413 `body_too_large`
+//!   before a byte of its body is read, and its connection is closed (a smaller body is read
+//!   and dropped by `discard.rs`: Onomondo's older examples send a JSON body on GET, and the
+//!   upstream ignores it);
+//! - a GET with any `Transfer-Encoding` is 400 `body_not_allowed`, its body unread. Clients
+//!   that send a body on GET send a `Content-Length`; a chunked GET is how a request framed two
+//!   ways (hyper drops `Content-Length` when `Transfer-Encoding` is present, RFC 9112 §6.3)
+//!   would reach us, leaving room for a proxy in front to disagree with us about where the next
+//!   request starts (request smuggling), so it is refused outright, as it always was.
 //!
 //! These are the gateway's own, JSON-answered limits. The connection-level backstops (hyper's
 //! bound on the whole request head, the header read timeout, the connection cap) live in
@@ -48,22 +53,30 @@ pub fn check<B>(request: &Request<B>, limits: &RequestLimits) -> Result<(), Gate
             limit: limits.max_header_bytes,
         });
     }
-    if request.method() == Method::GET && has_body(request) {
+    if request.method() != Method::GET {
+        return Ok(());
+    }
+    let headers = request.headers();
+    if headers.contains_key(TRANSFER_ENCODING) {
         return Err(GatewayError::InvalidRequest(InvalidRequest::new(
             "body_not_allowed",
-            "a GET to the gateway carries no body: every usage question is in the URL",
+            "a GET to the gateway may carry a small body with Content-Length, never a Transfer-Encoding (and a usage question needs no body: it is all in the URL)",
         )));
     }
+    // hyper has already refused a malformed or ambiguous Content-Length; any left over that
+    // does not parse is too large for us all the same.
+    let too_long = headers.get_all(CONTENT_LENGTH).iter().any(|length| {
+        std::str::from_utf8(length.as_bytes())
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map_or(true, |length| length > limits.max_body_bytes as u64)
+    });
+    if too_long {
+        return Err(GatewayError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        });
+    }
     Ok(())
-}
-
-fn has_body<B>(request: &Request<B>) -> bool {
-    let headers = request.headers();
-    headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get_all(CONTENT_LENGTH)
-            .iter()
-            .any(|length| length.as_bytes() != b"0")
 }
 
 #[cfg(test)]
@@ -74,6 +87,7 @@ mod tests {
         RequestLimits {
             max_uri_bytes: 64,
             max_header_bytes: 100,
+            max_body_bytes: 16,
             ..RequestLimits::default()
         }
     }
@@ -121,25 +135,40 @@ mod tests {
     }
 
     #[test]
-    fn a_get_with_a_body_is_refused_and_an_empty_one_is_not() {
-        let rows = [
-            (Some(("content-length", "0")), None),
-            (None, None),
-            (Some(("content-length", "5")), Some("body_not_allowed")),
+    fn a_get_body_within_the_bound_passes_a_longer_or_chunked_one_is_refused() {
+        // (headers, refusal) — limits() allows bodies of up to 16 bytes.
+        type Row<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+        let rows: [Row; 8] = [
+            (&[], None),
+            (&[("content-length", "0")], None),
+            (&[("content-length", "16")], None),
             (
-                Some(("transfer-encoding", "chunked")),
+                &[("transfer-encoding", "chunked")],
+                Some("body_not_allowed"),
+            ),
+            (&[("content-length", "17")], Some("body_too_large")),
+            (
+                &[("content-length", "99999999999999999999999")],
+                Some("body_too_large"),
+            ),
+            (
+                &[("content-length", "5"), ("transfer-encoding", "chunked")],
+                Some("body_not_allowed"),
+            ),
+            (
+                &[("content-length", "0"), ("transfer-encoding", "chunked")],
                 Some("body_not_allowed"),
             ),
         ];
-        for (header, expected) in rows {
+        for (headers, expected) in rows {
             let mut request = get("/usage");
-            if let Some((name, value)) = header {
-                request = request.header(name, value);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
             }
             assert_eq!(
                 refusal(request.body(()).expect("request")),
                 expected,
-                "{header:?}"
+                "{headers:?}"
             );
         }
     }

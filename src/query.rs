@@ -28,7 +28,8 @@ const QUOTE_LIMIT: usize = 64;
 pub enum Route {
     /// `GET /usage`
     Usage,
-    /// `GET /usage/{sim_id}`
+    /// `GET /usage/{sim_id}`, where `{sim_id}` is a SIM id or an ICCID (the upstream accepts
+    /// both; the gateway does not know the mapping, so the two are different questions)
     UsageBySim(String),
     /// `GET /usage/tag-total/{tag_id}` (tag id lower-cased)
     TagTotal(String),
@@ -56,11 +57,11 @@ impl Route {
         if rest.is_empty() || rest == "tag-total" || rest.contains('/') {
             return Ok(None);
         }
-        if !is_sim_id(rest) {
+        if !is_sim_ref(rest) {
             return Err(InvalidRequest::new(
                 "sim_id_invalid",
                 format!(
-                    "path parameter sim_id {} is invalid: a SIM id is exactly 9 digits, like 000000001",
+                    "path parameter sim_id {} is invalid: give a SIM id of exactly 9 digits, like 000000001, or an ICCID of 19 or 20 digits",
                     quote(rest)
                 ),
             ));
@@ -80,8 +81,8 @@ impl Route {
     fn filter_keys(&self) -> &'static [FilterKey] {
         match self {
             Route::Usage => &[FilterKey::CountryCode, FilterKey::SimId, FilterKey::Time],
-            Route::UsageBySim(_) => &[FilterKey::CountryCode, FilterKey::Time],
-            Route::TagTotal(_) => &[],
+            // Tag totals take what /usage takes, minus sim_id: the tag names the SIMs.
+            Route::UsageBySim(_) | Route::TagTotal(_) => &[FilterKey::CountryCode, FilterKey::Time],
         }
     }
 
@@ -192,12 +193,16 @@ impl Period {
     }
 }
 
-/// Where the page starts.
+/// Where the page starts: an upstream `next_page` cursor (kept byte for byte) and an offset.
+///
+/// Clients built from the published Postman collection send `offset=0` on every page, cursor
+/// or not, so the two may come together. How the upstream combines a cursor with a non-zero
+/// offset is undocumented, so such an offset is kept and forwarded as asked (and is part of the
+/// cache key); `offset=0` is the documented default and means the same as no offset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Page {
-    Offset(u64),
-    /// An upstream `next_page` cursor, kept byte for byte.
-    Cursor(String),
+pub struct Page {
+    pub cursor: Option<String>,
+    pub offset: u64,
 }
 
 /// A validated usage question in canonical form.
@@ -322,15 +327,6 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, route: &Route, name: &str, raw_value: &str) -> Result<(), InvalidRequest> {
-        if matches!(route, Route::TagTotal(_)) {
-            return Err(InvalidRequest::new(
-                "parameter_invalid",
-                format!(
-                    "query parameter {} is not accepted: /usage/tag-total/{{tag_id}} takes no query parameters",
-                    quote(name)
-                ),
-            ));
-        }
         if is_filter_name(name) {
             let value = decode(raw_value, true).map_err(|()| not_utf8("filter"))?;
             let filter = parse_filter(route, &value)?;
@@ -375,25 +371,14 @@ impl Builder {
                 ),
             )),
         }
-        .and_then(|()| self.check_page_conflict())
-    }
-
-    fn check_page_conflict(&self) -> Result<(), InvalidRequest> {
-        if self.cursor.is_some() && self.offset.is_some() {
-            return Err(InvalidRequest::new(
-                "offset_invalid",
-                "offset and next_page cannot be combined: next_page already says where the page starts",
-            ));
-        }
-        Ok(())
     }
 
     fn finish(mut self, route: Route) -> UsageQuery {
         self.filters.sort();
         self.filters.dedup();
-        let page = match (self.cursor, self.offset) {
-            (Some(cursor), _) => Page::Cursor(cursor),
-            (None, offset) => Page::Offset(offset.unwrap_or(0)),
+        let page = Page {
+            cursor: self.cursor,
+            offset: self.offset.unwrap_or(0),
         };
         let mut query = UsageQuery {
             route,
@@ -408,15 +393,13 @@ impl Builder {
     }
 }
 
-/// Renders the canonical request target. Parameters in name order; one filter as
-/// `filter=k:v`, several as `filter[]=k:v` in sorted order (the two forms the upstream
-/// documents); `limit` always (so "absent" and `limit=1000` meet); `offset` only when non-zero.
+/// Renders the canonical request target, the same way on every route. Parameters in name
+/// order; one filter as `filter=k:v`, several as `filter[]=k:v` in sorted order (the two forms
+/// the upstream documents); `limit` always (so "absent" and `limit=1000` meet); `offset` only
+/// when non-zero, with or without a cursor.
 fn render(query: &UsageQuery) -> String {
     let mut out = String::with_capacity(64);
     query.route.write_path(&mut out);
-    if matches!(query.route, Route::TagTotal(_)) {
-        return out;
-    }
     let mut separator = '?';
     let mut param = |out: &mut String, name: &str| {
         out.push(separator);
@@ -442,16 +425,13 @@ fn render(query: &UsageQuery) -> String {
     }
     param(&mut out, "limit");
     let _ = write!(out, "{}", query.limit);
-    match &query.page {
-        Page::Cursor(cursor) => {
-            param(&mut out, "next_page");
-            out.extend(utf8_percent_encode(cursor, COMPONENT));
-        }
-        Page::Offset(0) => {}
-        Page::Offset(offset) => {
-            param(&mut out, "offset");
-            let _ = write!(out, "{offset}");
-        }
+    if let Some(cursor) = &query.page.cursor {
+        param(&mut out, "next_page");
+        out.extend(utf8_percent_encode(cursor, COMPONENT));
+    }
+    if query.page.offset != 0 {
+        param(&mut out, "offset");
+        let _ = write!(out, "{}", query.page.offset);
     }
     out
 }
@@ -621,6 +601,18 @@ pub fn is_sim_id(text: &str) -> bool {
     text.len() == 9 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// An ICCID: 19 or 20 digits (ITU-T E.118; Onomondo's are 20, the last a Luhn check digit,
+/// which is the upstream's to verify, not ours).
+pub fn is_iccid(text: &str) -> bool {
+    matches!(text.len(), 19 | 20) && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What may stand for one SIM in `/usage/{sim_id}` and in a caller's `sims` scope: a SIM id
+/// or an ICCID.
+pub fn is_sim_ref(text: &str) -> bool {
+    is_sim_id(text) || is_iccid(text)
+}
+
 fn set_once<T: PartialEq>(
     slot: &mut Option<T>,
     value: T,
@@ -769,9 +761,33 @@ mod tests {
                 "/usage/000000042?filter=time:2024",
                 "/usage/000000042?filter=time:2024&limit=1000",
             ),
+            // an ICCID (19 or 20 digits) stands where a SIM id does
+            (
+                "/usage/89457387300000000073?filter=time%3A2024-03-05",
+                "/usage/89457387300000000073?filter=time:2024-03-05&limit=1000",
+            ),
+            (
+                "/usage/8945738730000000007",
+                "/usage/8945738730000000007?limit=1000",
+            ),
+            // offset beside next_page (the Postman collection sends offset=0 on every page):
+            // 0 is the default and dropped, anything else is kept for the upstream to see
+            (
+                "/usage?limit=1000&offset=0&next_page=MDAwMDAwMDAy",
+                "/usage?limit=1000&next_page=MDAwMDAwMDAy",
+            ),
+            (
+                "/usage?offset=3&next_page=MDAw",
+                "/usage?limit=1000&next_page=MDAw&offset=3",
+            ),
+            // tag totals: the same parameters, normalized the same way
             (
                 "/usage/tag-total/5F0C7A2E-9B1D-4C3E-8A55-0D2F6B7E1C90",
-                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90",
+                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?limit=1000",
+            ),
+            (
+                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?limit=0100&offset=0&group=hours&filter=TIME:2024-03&filter[]=country_code:DK&next_page=ab%2Bc",
+                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?filter[]=country_code:dk&filter[]=time:2024-03&group=hours&limit=100&next_page=ab%2Bc",
             ),
         ];
         for (spelling, expected) in rows {
@@ -792,7 +808,6 @@ mod tests {
             ("/usage?limit=5&limit=6", "limit_invalid"),
             ("/usage?offset=-3", "offset_invalid"),
             ("/usage?offset=1.5", "offset_invalid"),
-            ("/usage?offset=3&next_page=MDAw", "offset_invalid"),
             ("/usage?group=days", "group_invalid"),
             ("/usage?group", "group_invalid"),
             ("/usage?filter=time", "filter_invalid"),
@@ -815,11 +830,25 @@ mod tests {
             ("/usage?filter[x]=time:2024", "parameter_invalid"),
             ("/usage?filter=time:%FF", "parameter_invalid"),
             ("/usage?%C3%28=1", "parameter_invalid"),
+            // a tag total names SIMs by its tag, never by a sim_id filter
             (
-                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?limit=5",
+                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?filter=sim_id:000000001",
+                "filter_invalid",
+            ),
+            (
+                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?limit=5000",
+                "limit_invalid",
+            ),
+            (
+                "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?colour=red",
                 "parameter_invalid",
             ),
             ("/usage/12345", "sim_id_invalid"),
+            // neither 9 digits nor an ICCID's 19 or 20
+            ("/usage/0000000001", "sim_id_invalid"),
+            ("/usage/894573873000000000", "sim_id_invalid"),
+            ("/usage/894573873000000000731", "sim_id_invalid"),
+            ("/usage/8945738730000000007a", "sim_id_invalid"),
             ("/usage/tag-total/not-a-uuid", "tag_id_invalid"),
             (
                 "/usage/tag-total/5f0c7a2e9b1d4c3e8a550d2f6b7e1c90",
@@ -829,6 +858,22 @@ mod tests {
         for (request, code) in rows {
             assert_eq!(error_code(request), code, "request {request}");
         }
+    }
+
+    #[test]
+    fn a_sim_id_and_an_iccid_are_different_questions() {
+        // The gateway does not know which ICCID belongs to which SIM id: each is its own key.
+        assert_ne!(
+            canonical("/usage/000000007"),
+            canonical("/usage/89457387300000000073")
+        );
+        let query = UsageQuery::parse("/usage/89457387300000000073", None)
+            .expect("valid")
+            .expect("route");
+        assert_eq!(
+            query.route(),
+            &Route::UsageBySim("89457387300000000073".into())
+        );
     }
 
     #[test]
@@ -1033,7 +1078,7 @@ mod tests {
             let encoded = utf8_percent_encode(&cursor, NON_ALPHANUMERIC).to_string();
             let query = UsageQuery::parse("/usage", Some(&format!("next_page={encoded}")))
                 .expect("valid").expect("route");
-            prop_assert_eq!(query.page(), &Page::Cursor(cursor.clone()));
+            prop_assert_eq!(query.page(), &Page { cursor: Some(cursor.clone()), offset: 0 });
             let again = canonical(query.canonical());
             prop_assert_eq!(again, query.canonical());
         }

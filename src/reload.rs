@@ -78,9 +78,10 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
         ("server.shutdown_grace_secs", old.shutdown_grace != new.shutdown_grace),
         ("server.worker_threads", old.worker_threads != new.worker_threads),
         (
-            "server limits (max_uri_bytes, max_header_bytes, max_filters, header_timeout_ms, max_connections)",
+            "server limits (max_uri_bytes, max_header_bytes, max_filters, max_body_bytes, header_timeout_ms, max_connections)",
             old.limits != new.limits,
         ),
+        ("server.cors", old.cors != new.cors),
         (
             "upstream",
             format!("{:?}", running.upstream) != format!("{:?}", next.upstream)

@@ -52,7 +52,7 @@ impl RouteName {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
     pub routes: Option<BTreeSet<RouteName>>,
-    /// SIM ids (9 digits).
+    /// SIM ids (9 digits) and ICCIDs (19-20 digits), each matching only itself.
     pub sims: Option<BTreeSet<String>>,
     /// Tag ids (lower-case UUIDs).
     pub tags: Option<BTreeSet<String>>,

@@ -12,12 +12,14 @@ use tower::{Service, ServiceBuilder};
 use crate::auth::{AuthLayer, Authenticate, Callers};
 use crate::cache::{CacheLayer, CredentialId};
 use crate::config::Config;
+use crate::discard::DiscardBodyLayer;
 use crate::error::ErrorBoundaryLayer;
 use crate::limits::RequestLimitsLayer;
 use crate::lockout::AuthFailures;
 use crate::metrics::Metrics;
 use crate::normalize::{Normalize, NormalizeLayer};
 use crate::observe::ObserveLayer;
+use crate::ratelimit::RateLimitLayer;
 use crate::scope::{ScopeCheck, ScopeLayer};
 use crate::upstream::Upstreams;
 
@@ -51,7 +53,9 @@ pub fn build<B>(
     std::io::Error,
 >
 where
-    B: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let metrics = Arc::new(Metrics::new());
     let profiles = config.all_profiles();
@@ -73,6 +77,12 @@ where
     let service = ServiceBuilder::new()
         // Outermost, so the request id, the log line and the metrics cover every answer.
         .layer(ObserveLayer::new(metrics.clone()))
+        // Browsers' preflights are answered before auth (they carry no key) and every answer
+        // to a listed origin says so; with no origins configured there is no layer at all.
+        .option_layer(crate::cors::layer(&config.server.cors))
+        // Outside the boundary, so error answers to a known caller say what it may still
+        // spend upstream (x-ratelimit-*) as answers do.
+        .layer(RateLimitLayer::new(upstreams.clone()))
         // The one error boundary: every GatewayError below, and every panic, becomes its JSON
         // response here.
         .layer(ErrorBoundaryLayer::new(metrics.panics.clone()))
@@ -80,6 +90,12 @@ where
         .layer(RequestLimitsLayer::new(config.server.limits))
         // Who is calling comes first: nothing about a request is examined for strangers.
         .layer(AuthLayer::new(Authenticate::new(callers.clone(), failures)))
+        // A known caller's body (old examples send one on GET) is read and dropped: below
+        // here no request has one, so none can be forwarded or reach a cache key.
+        .layer(DiscardBodyLayer::new(
+            config.server.limits.max_body_bytes,
+            config.server.limits.header_timeout,
+        ))
         // Then what they ask, so only canonical, valid questions go further.
         .layer(NormalizeLayer::new(Normalize::new(
             config.server.limits.max_filters,

@@ -117,11 +117,16 @@ fn hash_key_prints_the_sha256_of_stdin_without_its_newline() {
 }
 
 #[test]
-fn the_example_config_is_valid() {
+fn the_example_config_checks_out_with_the_organization_token_alone() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.example.toml");
+    // What a newcomer has: the file as it is, and the organization's token in the environment.
     let output = gateway()
+        .env_clear()
         .args(["check", "--config", example])
-        .env("PARTNER_ONOMONDO_TOKEN", "partner-token-from-env")
+        .env(
+            "USAGE_GATEWAY__UPSTREAM__TOKEN",
+            "onok_12345678.newcomer-token",
+        )
         .output()
         .expect("runs");
     assert!(
@@ -129,6 +134,54 @@ fn the_example_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(!summary.contains("newcomer-token"), "{summary}");
+    // Without it, exactly one problem, saying how to give it.
+    let output = gateway()
+        .env_clear()
+        .args(["check", "--config", example])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let problems = String::from_utf8_lossy(&output.stderr);
+    let listed: Vec<&str> = problems
+        .lines()
+        .filter(|line| line.trim_start().starts_with("- "))
+        .collect();
+    assert_eq!(listed.len(), 1, "{problems}");
+    assert!(
+        listed[0].contains("upstream.token")
+            && listed[0].contains("USAGE_GATEWAY__UPSTREAM__TOKEN"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn a_failing_profile_is_reported_once_and_not_again_for_its_callers() {
+    let file = temp_config(
+        "partner.toml",
+        r#"
+        [upstream]
+        token = "org-token"
+        [[upstreams]]
+        name = "partner-org"
+        token_env = "PARTNER_ONOMONDO_TOKEN"
+        [[callers]]
+        name = "partner-dashboard"
+        key = "dev-only-partner-key"
+        upstream = "partner-org"
+        "#,
+    );
+    let output = gateway()
+        .env_clear()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let problems = String::from_utf8_lossy(&output.stderr);
+    assert!(problems.contains("PARTNER_ONOMONDO_TOKEN"), "{problems}");
+    assert!(!problems.contains("partner-dashboard"), "{problems}");
 }
 
 /// Sends one raw HTTP/1.1 GET and returns the status code.

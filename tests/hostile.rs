@@ -118,20 +118,86 @@ async fn more_filters_than_max_filters_is_400_naming_the_limit() {
 }
 
 #[tokio::test]
-async fn a_get_with_a_body_is_400_and_the_body_never_forwarded() {
+async fn a_get_with_a_small_body_is_answered_as_without_it_and_the_body_never_forwarded() {
     let (upstream, gateway) = start_with_server("").await;
+    let body = r#"{"filter":"time:2024-03"}"#;
+    // Two requests on one connection: the first one's body is read to its end, so the second
+    // is parsed where it really starts.
+    let request = format!(
+        "GET /usage?limit=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{body}\
+         GET /usage?limit=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n",
+        auth = billing(),
+        len = body.len(),
+    );
+    let reply = raw_exchange(gateway.addr, request.as_bytes()).await;
+    assert_eq!(reply.statuses(), vec![200, 200], "{}", reply.text);
+    assert!(reply.text.contains("fwd=miss; stored"), "{}", reply.text);
+    assert!(
+        reply.text.contains("hit; ttl="),
+        "the body is no part of the cache key: {}",
+        reply.text
+    );
+    let forwarded = upstream.requests();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(forwarded[0].target, "/usage?limit=1");
+    for framing in ["content-length", "transfer-encoding", "content-type"] {
+        assert!(
+            !forwarded[0].headers.contains_key(framing),
+            "{framing} was forwarded"
+        );
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_get_body_past_max_body_bytes_is_413_unread_and_never_forwarded() {
+    let (upstream, gateway) = start_with_server("max_body_bytes = 64").await;
+    let big = "x".repeat(65);
+    // Announced too long, sent or not: refused before a byte of it is read.
     for framing in [
-        "Content-Length: 5\r\n\r\nhello".to_owned(),
-        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned(),
+        "Content-Length: 100000\r\n\r\n".to_owned(),
+        format!("Content-Length: 65\r\n\r\n{big}"),
     ] {
         let request = format!(
-            "GET /usage?limit=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {}\r\nConnection: close\r\n{framing}",
+            "GET /usage?limit=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {}\r\n{framing}",
             billing()
         );
         let reply = raw_exchange(gateway.addr, request.as_bytes()).await;
-        assert_eq!(reply.statuses(), vec![400], "{framing:?}: {}", reply.text);
-        assert!(reply.body().contains("body_not_allowed"), "{}", reply.text);
+        assert_eq!(reply.statuses(), vec![413], "{framing:?}: {}", reply.text);
+        let body: serde_json::Value = serde_json::from_str(reply.body()).expect("a JSON error");
+        assert_eq!(body["error"], "body_too_large");
+        assert!(
+            body["message"].as_str().unwrap_or("").contains("64 bytes"),
+            "{body}"
+        );
+        assert!(reply.text.contains("connection: close"), "{}", reply.text);
+        assert!(
+            reply.closed,
+            "the rest of the body is never read as a request"
+        );
     }
+    // Exactly at the bound is fine.
+    let at_bound = format!(
+        "GET /usage?limit=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {}\r\nConnection: close\r\nContent-Length: 64\r\n\r\n{}",
+        billing(),
+        "x".repeat(64)
+    );
+    let reply = raw_exchange(gateway.addr, at_bound.as_bytes()).await;
+    assert_eq!(reply.statuses(), vec![200], "{}", reply.text);
+    assert_eq!(upstream.calls(), 1);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_chunked_get_is_400_and_its_body_never_read() {
+    let (upstream, gateway) = start_with_server("").await;
+    let request = format!(
+        "GET /usage?limit=1 HTTP/1.1\r\nHost: gateway\r\nAuthorization: {}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        billing()
+    );
+    let reply = raw_exchange(gateway.addr, request.as_bytes()).await;
+    assert_eq!(reply.statuses(), vec![400], "{}", reply.text);
+    assert!(reply.body().contains("body_not_allowed"), "{}", reply.text);
     assert_eq!(upstream.calls(), 0);
     gateway.stop().await;
 }
@@ -419,7 +485,8 @@ async fn a_flood_of_unique_queries_stays_within_cache_max_bytes_and_its_callers_
         match answer.status.as_u16() {
             200 => {}
             429 => {
-                assert_eq!(answer.json()["error"], "caller_quota_exceeded");
+                assert_eq!(answer.json()["error"], "rate_limit_exceeded");
+                assert_eq!(answer.json()["limit"], "caller_quota");
                 refused += 1;
             }
             other => panic!("unexpected {other}: {}", answer.body),

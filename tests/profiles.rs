@@ -102,8 +102,9 @@ async fn each_profile_has_its_own_budget() {
         200
     );
     let spent = get_as(&gateway, "partner-key", "/usage?limit=2").await;
-    assert_eq!(spent.status, 503);
-    assert_eq!(spent.json()["error"], "upstream_budget_exhausted");
+    assert_eq!(spent.status, 429);
+    assert_eq!(spent.json()["error"], "rate_limit_exceeded");
+    assert_eq!(spent.json()["limit"], "upstream_budget");
     // The default profile's budget is untouched.
     assert_eq!(
         get_as(&gateway, "billing-key", "/usage?limit=2")

@@ -10,7 +10,7 @@
 #[path = "../fuzz/src/lib.rs"]
 mod checks;
 
-use checks::{check_config, check_query, check_roundtrip, split_target, SIM, TAG};
+use checks::{check_config, check_query, check_roundtrip, split_target, ICCID, SIM, TAG};
 use proptest::prelude::*;
 use usage_gateway::config::Config;
 use usage_gateway::query::UsageQuery;
@@ -86,6 +86,7 @@ fn any_target() -> impl Strategy<Value = String> {
     let path = prop_oneof![
         Just("/usage".to_owned()),
         Just(format!("/usage/{SIM}")),
+        Just(format!("/usage/{ICCID}")),
         Just(format!("/usage/tag-total/{}", TAG.to_uppercase())),
         "/usage/\\PC{0,12}",
         "\\PC{0,12}",
@@ -117,8 +118,9 @@ struct Question {
     route: usize,
     filters: Vec<(&'static str, String)>,
     limit: Option<u16>,
-    /// An offset, or a cursor: never both.
-    page: Option<Result<u64, String>>,
+    /// An offset, a cursor, or both (clients from the Postman collection send `offset=0`
+    /// beside every cursor).
+    page: Option<(Option<u64>, Option<String>)>,
     hours: bool,
 }
 
@@ -139,28 +141,24 @@ fn question() -> impl Strategy<Value = Question> {
         0usize..3,
         prop::collection::vec(filter(), 0..5),
         prop::option::of(1u16..=1000),
-        prop::option::of(prop_oneof![
-            any::<u64>().prop_map(Ok),
-            "[A-Za-z0-9+/=_-]{1,256}".prop_map(Err),
-        ]),
+        prop::option::of((
+            prop::option::of(prop_oneof![Just(0u64), any::<u64>()]),
+            prop::option::of("[A-Za-z0-9+/=_-]{1,256}"),
+        )),
         any::<bool>(),
     )
         .prop_map(|(route, filters, limit, page, hours)| {
             let filters = filters
                 .into_iter()
-                .filter(|(key, _)| match route {
-                    0 => true,
-                    1 => *key != "sim_id",
-                    _ => false,
-                })
+                // /usage/{sim_id} and tag totals take every parameter of /usage but sim_id.
+                .filter(|(key, _)| route == 0 || *key != "sim_id")
                 .collect();
-            let tag_total = route == 2;
             Question {
                 route,
                 filters,
-                limit: limit.filter(|_| !tag_total),
-                page: page.filter(|_| !tag_total),
-                hours: hours && !tag_total,
+                limit,
+                page,
+                hours,
             }
         })
 }
@@ -253,10 +251,13 @@ impl Spelling {
         if let Some(limit) = question.limit {
             params.push(format!("limit={}{:0>4}{}", self.pad(5), limit, self.pad(6)));
         }
-        match &question.page {
-            Some(Ok(offset)) => params.push(format!("offset={}{offset}", self.pad(7))),
-            Some(Err(cursor)) => params.push(format!("next_page={}", self.escape(cursor, 9))),
-            None => {}
+        if let Some((offset, cursor)) = &question.page {
+            if let Some(offset) = offset {
+                params.push(format!("offset={}{offset}", self.pad(7)));
+            }
+            if let Some(cursor) = cursor {
+                params.push(format!("next_page={}", self.escape(cursor, 9)));
+            }
         }
         if question.hours {
             params.push(format!(
@@ -495,7 +496,8 @@ fn place_secret(secret: &str, quote: usize, place: Place, breakage: Breakage) ->
         _ => {}
     }
     let mut text = match place {
-        Place::UpstreamToken => EXAMPLE.replace("token = \"onok_replace-me\"", &assignment),
+        // The example leaves the token to the environment; its commented line is where one goes.
+        Place::UpstreamToken => EXAMPLE.replace("# token = \"onok_replace-me\"", &assignment),
         Place::CallerKey => EXAMPLE.replace("key = \"dev-only-dashboards-key\"", &assignment),
         Place::PartnerKey => EXAMPLE.replace("key = \"dev-only-partner-key\"", &assignment),
         Place::NewProfileToken => {

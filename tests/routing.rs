@@ -65,11 +65,12 @@ async fn bad_input_is_400_naming_the_parameter_and_never_reaches_the_upstream() 
         ("/usage?api_key=x", "parameter_invalid", "api_key"),
         ("/usage?filter=time:%ff", "parameter_invalid", "UTF-8"),
         ("/usage/123", "sim_id_invalid", "9 digits"),
+        ("/usage/123", "sim_id_invalid", "ICCID"),
         ("/usage/tag-total/xyz", "tag_id_invalid", "UUID"),
         (
-            "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?limit=1",
-            "parameter_invalid",
-            "limit",
+            "/usage/tag-total/5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90?filter=sim_id:000000001",
+            "filter_invalid",
+            "sim_id",
         ),
     ];
     for (target, code, word) in rows {

@@ -55,8 +55,10 @@ async fn the_budget_is_never_exceeded_by_a_flood_of_distinct_misses() {
         let answer = caller.await.expect("task");
         match answer.status.as_u16() {
             200 => served += 1,
-            503 => {
-                assert_eq!(answer.json()["error"], "upstream_budget_exhausted");
+            429 => {
+                assert_eq!(answer.json()["error"], "rate_limit_exceeded");
+                assert_eq!(answer.json()["limit"], "upstream_budget");
+                assert_eq!(answer.header("x-ratelimit-remaining"), Some("0"));
                 let wait = retry_after_secs(&answer);
                 assert!((1..=60).contains(&wait), "Retry-After {wait}");
                 refused += 1;
@@ -95,9 +97,21 @@ async fn remaining_zero_stops_all_forwarding_until_the_reset() {
     });
     assert_eq!(get(&gateway, "/usage?limit=1").await.status, 200);
     let refused = get(&gateway, "/usage?limit=2").await;
-    assert_eq!(refused.status, 503);
-    assert_eq!(refused.json()["error"], "upstream_budget_exhausted");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"], "rate_limit_exceeded");
+    assert_eq!(refused.json()["limit"], "upstream_budget");
     assert!((28..=30).contains(&retry_after_secs(&refused)));
+    // The upstream's own reset is passed on as the caller's (rounded up to the second after
+    // the gateway's sub-second bookkeeping, so perhaps one more: never early).
+    assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+    let caller_reset: u64 = refused
+        .header("x-ratelimit-reset")
+        .and_then(|r| r.parse().ok())
+        .expect("x-ratelimit-reset");
+    assert!(
+        (reset..=reset + 1).contains(&caller_reset),
+        "{caller_reset} vs {reset}"
+    );
     assert_eq!(
         upstream.calls(),
         1,
@@ -140,12 +154,15 @@ async fn a_429_closes_the_gate_for_every_forward_until_retry_after() {
     upstream.script(|_, _| {
         Reply::json(429, r#"{"error":"rate_limit_exceeded"}"#).header("retry-after", "30")
     });
-    assert_eq!(get(&gateway, "/usage?limit=1").await.status, 503);
+    let limited = get(&gateway, "/usage?limit=1").await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json()["limit"], "upstream");
     upstream.script(support::echo);
     for limit in 2..6 {
         let answer = get_as(&gateway, OPS_KEY, &format!("/usage?limit={limit}")).await;
-        assert_eq!(answer.status, 503);
-        assert_eq!(answer.json()["error"], "upstream_budget_exhausted");
+        assert_eq!(answer.status, 429);
+        assert_eq!(answer.json()["error"], "rate_limit_exceeded");
+        assert_eq!(answer.json()["limit"], "upstream_budget");
     }
     assert_eq!(upstream.calls(), 1);
 }
@@ -389,7 +406,10 @@ async fn a_spent_quota_refuses_only_that_callers_misses() {
     );
     let refused = get_as(&gateway, METERED_KEY, "/usage?limit=3").await;
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.json()["error"], "caller_quota_exceeded");
+    assert_eq!(refused.json()["error"], "rate_limit_exceeded");
+    assert_eq!(refused.json()["limit"], "caller_quota");
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
     assert!((55..=60).contains(&retry_after_secs(&refused)));
     // Its hits carry on, and so does everyone else.
     assert!(get_as(&gateway, METERED_KEY, "/usage?limit=1")
@@ -443,7 +463,8 @@ async fn background_refreshes_are_charged_to_the_quota_of_the_caller_that_starts
     }
     let refused = get_as(&gateway, METERED_KEY, "/usage?limit=11").await;
     assert_eq!(refused.status, 429, "{}", refused.body);
-    assert_eq!(refused.json()["error"], "caller_quota_exceeded");
+    assert_eq!(refused.json()["error"], "rate_limit_exceeded");
+    assert_eq!(refused.json()["limit"], "caller_quota");
     upstream.wait_for_calls(12).await;
     assert_eq!(
         upstream.calls(),

@@ -54,15 +54,16 @@ async fn refused_org_token_is_502_upstream_auth_failed() {
 }
 
 #[tokio::test]
-async fn upstream_429_is_503_with_retry_after() {
+async fn upstream_429_is_429_with_retry_after() {
     let (upstream, gateway) = start().await;
     upstream.script(|_, _| {
         Reply::json(429, r#"{"error":"rate_limit_exceeded"}"#).header("retry-after", "17")
     });
     let answer = get(&gateway, "/usage").await;
-    assert_eq!(answer.status, 503);
+    assert_eq!(answer.status, 429);
     assert_eq!(answer.header("retry-after"), Some("17"));
-    assert_eq!(answer.json()["error"], "upstream_rate_limited");
+    assert_eq!(answer.json()["error"], "rate_limit_exceeded");
+    assert_eq!(answer.json()["limit"], "upstream");
     assert_eq!(upstream.calls(), 1, "a 429 is never retried");
 }
 
@@ -128,14 +129,18 @@ async fn upstream_cookies_and_hop_headers_never_reach_the_caller() {
     upstream.script(|request, n| {
         support::echo(request, n)
             .header("set-cookie", "upstream-session=1")
-            .header("x-ratelimit-remaining", "599")
+            .header("x-ratelimit-limit", "99999")
+            .header("x-ratelimit-remaining", "12345")
             .header("server", "upstream")
     });
     let answer = get(&gateway, "/usage").await;
     assert_eq!(answer.status, 200);
-    for name in ["set-cookie", "x-ratelimit-remaining", "server"] {
+    for name in ["set-cookie", "server"] {
         assert!(answer.header(name).is_none(), "{name} reached the caller");
     }
+    // The rate-limit headers a caller sees are the gateway's own account, not the upstream's.
+    assert_eq!(answer.header("x-ratelimit-limit"), Some("600"));
+    assert_eq!(answer.header("x-ratelimit-remaining"), Some("599"));
 }
 
 #[tokio::test]

@@ -265,13 +265,13 @@ pub fn purge_request(query: &str) -> Result<(PurgeSelector, bool), InvalidReques
             )),
         };
         match name {
-            "sim_id" if crate::query::is_sim_id(value) => {
+            "sim_id" if crate::query::is_sim_ref(value) => {
                 selector = choose(&selector, PurgeSelector::Sim(value.to_owned()))?;
             }
             "sim_id" => {
                 return Err(InvalidRequest::new(
                     "sim_id_invalid",
-                    "sim_id must be exactly 9 digits",
+                    "sim_id must be a 9-digit SIM id or a 19-20 digit ICCID",
                 ))
             }
             "tag_id" => {

@@ -72,6 +72,17 @@ pub(crate) fn write_iso_ms(out: &mut String, ms: i64) {
     );
 }
 
+/// Appends `YYYY-MM-DD HH:MM:SS` (UTC, no zone, whole seconds): how the real usage API writes
+/// a record's `time` (upstream-api.md §4.3).
+pub(crate) fn write_plain_secs(out: &mut String, ms: i64) {
+    let days = ms.div_euclid(MS_PER_DAY);
+    let rem = ms.rem_euclid(MS_PER_DAY);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (rem / MS_PER_HOUR, rem / 60_000 % 60, rem / 1000 % 60);
+    // Writing into a String cannot fail.
+    let _ = write!(out, "{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}");
+}
+
 pub(crate) fn iso_ms(ms: i64) -> String {
     let mut s = String::with_capacity(24);
     write_iso_ms(&mut s, ms);
@@ -110,6 +121,13 @@ mod tests {
         let parsed = OffsetDateTime::parse(&iso_ms(ms), &Rfc3339).expect("valid rfc3339");
         assert_eq!(parsed.unix_timestamp_nanos() / 1_000_000, i128::from(ms));
         assert_eq!(iso_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn plain_times_are_whole_utc_seconds_without_a_zone() {
+        let mut s = String::new();
+        write_plain_secs(&mut s, 1_711_928_467_512);
+        assert_eq!(s, "2024-03-31 23:41:07");
     }
 
     #[test]

@@ -7,7 +7,12 @@
 //!   bytes. Nothing depends on process state (no `RandomState`, no thread timing).
 //! - Each view (raw sessions, hourly sums) is sorted `time` desc, `sim_id` asc, then a
 //!   tie-breaker (session `k` for raw; country then network table index for hourly), which
-//!   makes the order total and stable.
+//!   makes the order total and stable. Session times are whole seconds, as the real API
+//!   writes them, so the order is the one a client sees.
+//! - Records have the real API's shape (upstream-api.md §4.3): `time` as
+//!   `YYYY-MM-DD HH:MM:SS`, `bill_id`, `sim_id`, `iccid`, `session_id`, `bytes`,
+//!   `country_code`, `network_type`, `network: {mcc, mnc}`. Hourly sums (`group=hours`) have
+//!   the same fields but `bill_id` and `session_id`, which name one session (a GUESS).
 //! - Every record's JSON is serialized once at startup into one buffer, records separated by
 //!   `,`, so a page is built by copying runs of that buffer.
 
@@ -15,7 +20,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use super::calendar::{write_iso_ms, MS_PER_HOUR};
+use super::calendar::{write_iso_ms, write_plain_secs, MS_PER_HOUR};
 use super::options::RecordShape;
 
 /// One row of the fixed country and network table.
@@ -88,6 +93,27 @@ pub(crate) const COUNTRIES: [Country; 8] = [
         networks: &[("Movistar", "07")],
     },
 ];
+
+/// Radio access technologies (`network_type`) and their weights out of 100.
+const NETWORK_TYPES: [(&str, u64); 4] = [("2G", 10), ("3G", 15), ("4G", 65), ("5G", 10)];
+
+/// The `network_type` a SIM gets on one network: fixed per SIM and network, so hourly sums
+/// per network keep one (the recorded answer shows one SIM on 4G and 3G networks in a day).
+fn network_type(seed: u64, sim: u32, country: u8, net: u8) -> &'static str {
+    let total: u64 = NETWORK_TYPES.iter().map(|(_, w)| w).sum();
+    let mut r = rnd(
+        seed,
+        "rat",
+        &[u64::from(sim), u64::from(country), u64::from(net)],
+    ) % total;
+    for (name, weight) in NETWORK_TYPES {
+        if r < weight {
+            return name;
+        }
+        r -= weight;
+    }
+    "4G"
+}
 
 /// Index into `COUNTRIES` of a lower-case two-letter code.
 pub(crate) fn country_index(code: [u8; 2]) -> Option<u8> {
@@ -170,8 +196,18 @@ pub(crate) struct View {
     pub by_sim: Vec<Vec<u32>>,
 }
 
+/// How a view's records are written: the generator's seed and start (for the ids derived per
+/// session), the shape, and whether they are hourly sums.
+#[derive(Debug, Clone, Copy)]
+struct Format {
+    seed: u64,
+    start_ms: i64,
+    shape: RecordShape,
+    hourly: bool,
+}
+
 impl View {
-    fn build(mut recs: Vec<Rec>, sims: &[Sim], shape: RecordShape) -> View {
+    fn build(mut recs: Vec<Rec>, sims: &[Sim], format: Format) -> View {
         recs.sort_unstable_by(|a, b| {
             b.time_ms
                 .cmp(&a.time_ms)
@@ -180,8 +216,8 @@ impl View {
                 .then(a.country.cmp(&b.country))
                 .then(a.net.cmp(&b.net))
         });
-        let per_record = match shape {
-            RecordShape::Onomondo => 200,
+        let per_record = match format.shape {
+            RecordShape::Onomondo => 280,
             RecordShape::Derived => 80,
         };
         let mut json = String::with_capacity(recs.len() * per_record);
@@ -192,7 +228,7 @@ impl View {
                 json.push(',');
             }
             starts.push(json.len());
-            write_record(&mut json, rec, &sims[rec.sim as usize], shape);
+            write_record(&mut json, rec, &sims[rec.sim as usize], format);
             let pos = u32::try_from(pos).expect("a view holds fewer than 2^32 records");
             by_sim[rec.sim as usize].push(pos);
         }
@@ -218,26 +254,38 @@ impl View {
     }
 }
 
-fn write_record(out: &mut String, rec: &Rec, sim: &Sim, shape: RecordShape) {
+fn write_record(out: &mut String, rec: &Rec, sim: &Sim, format: Format) {
     let country = &COUNTRIES[rec.country as usize];
-    let (net_name, mnc) = country.networks[rec.net as usize];
-    match shape {
+    let (_, mnc) = country.networks[rec.net as usize];
+    match format.shape {
         RecordShape::Onomondo => {
             out.push_str("{\"time\":\"");
-            write_iso_ms(out, rec.time_ms);
-            out.push_str("\",\"sim_id\":\"");
-            out.push_str(&sim.sim_id);
-            out.push_str("\",\"iccid\":\"");
-            out.push_str(&sim.iccid);
+            write_plain_secs(out, rec.time_ms);
+            if !format.hourly {
+                // A session's bill and session ids, drawn like everything else.
+                let hour = (rec.time_ms - format.start_ms).div_euclid(MS_PER_HOUR) as u64;
+                let ints = [u64::from(rec.sim), hour, u64::from(rec.k)];
+                out.push_str("\",\"bill_id\":\"");
+                out.push_str(&record_uuid(format.seed, "bill", &ints));
+                out.push_str("\",\"sim_id\":\"");
+                out.push_str(&sim.sim_id);
+                out.push_str("\",\"iccid\":\"");
+                out.push_str(&sim.iccid);
+                out.push_str("\",\"session_id\":\"");
+                out.push_str(&record_uuid(format.seed, "session", &ints));
+            } else {
+                out.push_str("\",\"sim_id\":\"");
+                out.push_str(&sim.sim_id);
+                out.push_str("\",\"iccid\":\"");
+                out.push_str(&sim.iccid);
+            }
             out.push_str("\",\"bytes\":");
             write_u64(out, rec.bytes);
-            out.push_str(",\"network\":{\"name\":\"");
-            out.push_str(net_name);
-            out.push_str("\",\"country\":\"");
-            out.push_str(country.name);
-            out.push_str("\",\"country_code\":\"");
+            out.push_str(",\"country_code\":\"");
             out.push_str(country.code);
-            out.push_str("\",\"mcc\":\"");
+            out.push_str("\",\"network_type\":\"");
+            out.push_str(network_type(format.seed, rec.sim, rec.country, rec.net));
+            out.push_str("\",\"network\":{\"mcc\":\"");
             out.push_str(country.mcc);
             out.push_str("\",\"mnc\":\"");
             out.push_str(mnc);
@@ -319,7 +367,22 @@ fn tag_uuid(seed: u64, t: u64) -> String {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&rnd(seed, "tagid", &[t, 0]).to_be_bytes());
     b[8..].copy_from_slice(&rnd(seed, "tagid", &[t, 1]).to_be_bytes());
-    b[6] = (b[6] & 0x0f) | 0x40;
+    uuid_text(b, 4)
+}
+
+/// A record's `bill_id` or `session_id`: a UUID with the version nibble 3, like the ones in
+/// the recorded answer, from two draws of `rnd(label, ints..., half)`.
+fn record_uuid(seed: u64, label: &str, ints: &[u64; 3]) -> String {
+    let [a, b, c] = *ints;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&rnd(seed, label, &[a, b, c, 0]).to_be_bytes());
+    bytes[8..].copy_from_slice(&rnd(seed, label, &[a, b, c, 1]).to_be_bytes());
+    uuid_text(bytes, 3)
+}
+
+/// The hyphenated lower-case text of a UUID with `version` and the RFC 9562 variant set.
+fn uuid_text(mut b: [u8; 16], version: u8) -> String {
+    b[6] = (b[6] & 0x0f) | (version << 4);
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!(
@@ -398,7 +461,8 @@ fn generate_hour(
         let net = (rnd(seed, "net", &[i, h, k]) % nets) as u8;
         let u = unit(rnd(seed, "b", &[i, h, k]));
         let bytes = 64 + (6.0 + 5.0 * u).exp().floor() as u64;
-        let time_ms = hour_ms + (rnd(seed, "t", &[i, h, k]) % MS_PER_HOUR as u64) as i64;
+        // Whole seconds: the real API writes `time` without milliseconds.
+        let time_ms = hour_ms + (rnd(seed, "t", &[i, h, k]) % 3600) as i64 * 1000;
         let sim_index = u32::try_from(i).expect("sims is a u32");
         raw.push(Rec {
             time_ms,
@@ -450,8 +514,14 @@ impl Data {
                 }
             }
         }
-        let raw = View::build(raw, &sims, p.shape);
-        let hourly = View::build(hourly, &sims, p.shape);
+        let format = |hourly| Format {
+            seed: p.seed,
+            start_ms: p.start_ms,
+            shape: p.shape,
+            hourly,
+        };
+        let raw = View::build(raw, &sims, format(false));
+        let hourly = View::build(hourly, &sims, format(true));
         Data {
             start_ms: p.start_ms,
             hours: p.hours,
@@ -572,6 +642,53 @@ mod tests {
         let one = d.raw.run(1, 2);
         let rec: serde_json::Value = serde_json::from_slice(one).expect("one record");
         assert_eq!(rec, parsed[1]);
+    }
+
+    #[test]
+    fn records_have_the_shape_of_the_recorded_answer() {
+        let d = Data::generate(&small(7));
+        let text = std::str::from_utf8(d.raw.run(0, 1)).expect("UTF-8");
+        let rec: serde_json::Value = serde_json::from_str(text).expect("a record");
+        // The fields, in the recorded answer's order.
+        let at: Vec<usize> = [
+            "time",
+            "bill_id",
+            "sim_id",
+            "iccid",
+            "session_id",
+            "bytes",
+            "country_code",
+            "network_type",
+            "network",
+        ]
+        .iter()
+        .map(|key| text.find(&format!("\"{key}\":")).expect(key))
+        .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert_eq!(rec.as_object().map(|o| o.len()), Some(9), "{text}");
+        let time = rec["time"].as_str().expect("time");
+        assert_eq!(time.len(), 19, "{time}");
+        assert_eq!(&time[10..11], " ");
+        for id in ["bill_id", "session_id"] {
+            let uuid = rec[id].as_str().expect("uuid");
+            assert_eq!((uuid.len(), &uuid[14..15]), (36, "3"), "{uuid}");
+        }
+        assert_ne!(rec["bill_id"], rec["session_id"]);
+        assert!(matches!(
+            rec["network_type"].as_str(),
+            Some("2G" | "3G" | "4G" | "5G")
+        ));
+        assert_eq!(
+            rec["network"].as_object().map(|n| n.len()),
+            Some(2),
+            "{rec}"
+        );
+        let hourly: serde_json::Value =
+            serde_json::from_slice(d.hourly.run(0, 1)).expect("a record");
+        assert!(hourly["time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(":00:00")));
+        assert!(hourly.get("session_id").is_none() && hourly.get("bill_id").is_none());
     }
 
     #[test]

@@ -198,9 +198,14 @@ impl Simulator {
             shape: options.record_shape,
         });
         let keys = build_keys(&options.keys, &data)?;
-        let now_ms = match options.now {
-            Some(now) => i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
-            None => start_ms + i64::from(options.hours) * MS_PER_HOUR,
+        // A live clock without --now runs from the real time: its x-ratelimit-reset must be a
+        // real instant, or a client pacing itself by it (the gateway) is misled.
+        let now_ms = match (options.now, options.live_clock) {
+            (Some(now), _) => {
+                Some(i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+            }
+            (None, true) => None,
+            (None, false) => Some(start_ms + i64::from(options.hours) * MS_PER_HOUR),
         };
         let limiter = (options.rate_scope != RateScope::Off).then(|| {
             Limiter::new(RateConfig {
@@ -211,7 +216,7 @@ impl Simulator {
         });
         let inner = Inner {
             stats: Stats::new(keys.iter().map(|k| k.key.clone()).collect()),
-            clock: Clock::new(options.live_clock, Some(now_ms)),
+            clock: Clock::new(options.live_clock, now_ms),
             faults: Faults::new(FaultState {
                 fail_rate: options.fail_rate,
                 status: 503,
@@ -237,6 +242,16 @@ impl Simulator {
     /// Tag ids (lower-case UUIDs) in tag order.
     pub fn tag_ids(&self) -> Vec<String> {
         self.inner.data.tags.iter().map(|t| t.id.clone()).collect()
+    }
+
+    /// ICCIDs (20 digits, Luhn-checked) in SIM order.
+    pub fn iccids(&self) -> Vec<String> {
+        self.inner
+            .data
+            .sims
+            .iter()
+            .map(|s| s.iccid.clone())
+            .collect()
     }
 
     /// SIM ids (`000000001`, ...) in order.
@@ -321,6 +336,25 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn a_live_clock_without_now_runs_from_the_real_time() {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let live = Simulator::new(SimOptions {
+            live_clock: true,
+            ..small()
+        })
+        .expect("valid");
+        let now = live.inner.clock.now_ms();
+        assert!((wall..wall + 60_000).contains(&now), "{now} vs {wall}");
+        let fixed = Simulator::new(small()).expect("valid");
+        assert_eq!(
+            fixed.inner.clock.now_ms(),
+            options::DEFAULT_START.unix_timestamp() * 1000 + 24 * MS_PER_HOUR
+        );
     }
 
     #[test]

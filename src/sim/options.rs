@@ -44,10 +44,11 @@ pub enum RateAlign {
     First,
 }
 
-/// JSON shape of usage records (§8.5).
+/// JSON shape of usage records (§8.5, as corrected by §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RecordShape {
-    /// `{time, sim_id, iccid, bytes, network{...}}`: the best guess at the real API.
+    /// `{time, bill_id, sim_id, iccid, session_id, bytes, country_code, network_type,
+    /// network{mcc, mnc}}`: the real API's, as a production integration records it (§4.3).
     Onomondo,
     /// `{sim_id, bytes, timestamp}`: the third-party reconstruction.
     Derived,
@@ -56,9 +57,10 @@ pub enum RecordShape {
 /// How `next_page` cursors are encoded (§8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CursorMode {
-    /// base64 of a 9-digit zero-padded position, like the documented example.
+    /// base64 of a 9-digit zero-padded position, like the example pasted into the docs.
     Digits,
     /// base64 of an HMAC-signed token bound to the query; always contains `+`, `/` and `=`.
+    /// The default: real usage cursors are general base64 ending in `==` (§4.3).
     Opaque,
 }
 
@@ -85,10 +87,12 @@ pub struct SimOptions {
     /// Probability that a SIM is active in a given hour (0..=1).
     #[arg(long, env = "USAGE_SIM_ACTIVITY", default_value_t = 0.25)]
     pub activity: f64,
-    /// Simulated "now" for rate limiting (default: start + hours). Drives nothing in the data.
+    /// Simulated "now" for rate limiting (default: start + hours; with --live-clock, the wall
+    /// clock). Drives nothing in the data.
     #[arg(long, env = "USAGE_SIM_NOW", value_parser = parse_time)]
     pub now: Option<OffsetDateTime>,
-    /// Use the wall clock (plus any `/__sim/clock` offset) for rate limiting.
+    /// Use the wall clock (from --now if given, else from the real time, plus any
+    /// `/__sim/clock` offset) for rate limiting.
     #[arg(long, env = "USAGE_SIM_LIVE_CLOCK", value_parser = clap::builder::BoolishValueParser::new())]
     pub live_clock: bool,
     /// API keys, `KEY[=tag_uuid,tag_uuid...]`; repeat the flag (or separate with `;`).
@@ -122,7 +126,7 @@ pub struct SimOptions {
     #[arg(long, env = "USAGE_SIM_RECORD_SHAPE", value_enum, default_value_t = RecordShape::Onomondo)]
     pub record_shape: RecordShape,
     /// `digits` or `opaque`.
-    #[arg(long, env = "USAGE_SIM_CURSOR_MODE", value_enum, default_value_t = CursorMode::Digits)]
+    #[arg(long, env = "USAGE_SIM_CURSOR_MODE", value_enum, default_value_t = CursorMode::Opaque)]
     pub cursor_mode: CursorMode,
     /// Unknown filter keys, malformed values and unknown parameters give 400 (`on`/`off`).
     #[arg(long, env = "USAGE_SIM_STRICT_FILTERS", default_value = "on", value_parser = parse_on_off, action = ArgAction::Set)]
@@ -177,7 +181,7 @@ impl Default for SimOptions {
             rate_align: RateAlign::Clock,
             retry_after: true,
             record_shape: RecordShape::Onomondo,
-            cursor_mode: CursorMode::Digits,
+            cursor_mode: CursorMode::Opaque,
             strict_filters: true,
             strict_limit: true,
             latency_ms: 0,

@@ -5,14 +5,16 @@
 //! `pos + limit < total`. Selection never visits more than it must: time filters are binary
 //! searches on the time-sorted view, SIM filters walk the per-SIM index, an unfiltered walk is
 //! pure index arithmetic, and a filtered scan stops at the first match past the page. Pages are
-//! rendered by copying runs of pre-serialized JSON.
+//! rendered by copying runs of pre-serialized JSON, as the real API lays them out
+//! (upstream-api.md §4.3): `{"pagination":{...},"usage":[...]}`, the last page's pagination
+//! being `{"has_more":false}` with no `next_page` at all.
 
 use std::fmt::Write as _;
 
 use bytes::Bytes;
 
 use super::auth::Scope;
-use super::calendar::{write_iso_ms, MS_PER_HOUR};
+use super::calendar::{write_iso_ms, write_plain_secs, MS_PER_HOUR};
 use super::data::{country_index, Data, View, COUNTRIES};
 use super::options::RecordShape;
 use super::query::Filters;
@@ -218,26 +220,24 @@ fn page_of_ranges(ranges: &[(usize, usize)], pos: u64, limit: u32) -> Page {
     }
 }
 
-fn push_pagination(body: &mut Vec<u8>, has_more: bool, next_page: Option<&str>) {
-    body.extend_from_slice(b"],\"pagination\":{\"has_more\":");
+/// `{"pagination":{"has_more":...[,"next_page":"..."]},"usage":[`: the body up to its
+/// records. A page without a next one has no `next_page` (not `null`), as the real API.
+fn open_body(body: &mut Vec<u8>, has_more: bool, next_page: Option<&str>) {
+    body.extend_from_slice(b"{\"pagination\":{\"has_more\":");
     body.extend_from_slice(if has_more { b"true" } else { b"false" });
-    body.extend_from_slice(b",\"next_page\":");
-    match next_page {
+    if let Some(cursor) = next_page {
         // Cursors are base64, which never needs JSON escaping.
-        Some(c) => {
-            body.push(b'"');
-            body.extend_from_slice(c.as_bytes());
-            body.push(b'"');
-        }
-        None => body.extend_from_slice(b"null"),
+        body.extend_from_slice(b",\"next_page\":\"");
+        body.extend_from_slice(cursor.as_bytes());
+        body.push(b'"');
     }
-    body.extend_from_slice(b"}}");
+    body.extend_from_slice(b"},\"usage\":[");
 }
 
-/// `{"usage":[...],"pagination":{...}}` for a page of a view.
+/// `{"pagination":{...},"usage":[...]}` for a page of a view.
 pub(crate) fn render_usage(view: &View, page: &Page, next_page: Option<&str>) -> Bytes {
     let mut body = Vec::with_capacity(96);
-    body.extend_from_slice(b"{\"usage\":[");
+    open_body(&mut body, page.has_more, next_page);
     let p = &page.positions;
     let mut i = 0;
     while i < p.len() {
@@ -257,7 +257,7 @@ pub(crate) fn render_usage(view: &View, page: &Page, next_page: Option<&str>) ->
         body.extend_from_slice(view.run(p[i] as usize, p[j - 1] as usize + 1));
         i = j;
     }
-    push_pagination(&mut body, page.has_more, next_page);
+    body.extend_from_slice(b"]}");
     Bytes::from(body)
 }
 
@@ -349,7 +349,7 @@ pub(crate) fn tag_rows(
     TagRows::ByCountry(rows)
 }
 
-/// `{"usage":[...],"pagination":{...}}` for rows `pos..pos+limit` of a tag total.
+/// `{"pagination":{...},"usage":[...]}` for rows `pos..pos+limit` of a tag total.
 pub(crate) fn render_tag(
     rows: &TagRows,
     tag_id: &str,
@@ -379,7 +379,7 @@ pub(crate) fn render_tag(
             (TagRows::ByHour(v), RecordShape::Onomondo) => {
                 let (t, b) = v[i];
                 let _ = write!(s, "{{\"tag_id\":\"{tag_id}\",\"time\":\"");
-                write_iso_ms(&mut s, t);
+                write_plain_secs(&mut s, t);
                 let _ = write!(s, "\",\"bytes\":{b}}}");
             }
             (TagRows::ByHour(v), RecordShape::Derived) => {
@@ -391,9 +391,9 @@ pub(crate) fn render_tag(
         }
     }
     let mut body = Vec::with_capacity(s.len() + 64);
-    body.extend_from_slice(b"{\"usage\":[");
+    open_body(&mut body, end < total, next_page);
     body.extend_from_slice(s.as_bytes());
-    push_pagination(&mut body, end < total, next_page);
+    body.extend_from_slice(b"]}");
     Bytes::from(body)
 }
 
@@ -525,8 +525,11 @@ mod tests {
         let empty = render_usage(&d.raw, &Page::default(), None);
         assert_eq!(
             &empty[..],
-            b"{\"usage\":[],\"pagination\":{\"has_more\":false,\"next_page\":null}}"
+            b"{\"pagination\":{\"has_more\":false},\"usage\":[]}"
         );
+        assert!(body.starts_with(
+            b"{\"pagination\":{\"has_more\":true,\"next_page\":\"MDAwMDAwMDEx\"},\"usage\":[{"
+        ));
     }
 
     #[test]

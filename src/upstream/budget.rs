@@ -7,7 +7,9 @@
 //!   `x-ratelimit-remaining: 0` closes the gate until the reset, and a positive `remaining`
 //!   caps the calls until that reset (counting the calls still in flight);
 //! - [`Budget`] is the shared, async face: a miss waits for budget up to its deadline, and is
-//!   told at once when budget cannot come back before it.
+//!   told at once when budget cannot come back before it;
+//! - each can say what is left as an [`Allowance`] (limit, remaining, reset), which callers
+//!   see as `x-ratelimit-*` headers.
 //!
 //! The state takes `now` as an argument, so its rules are tested without a clock.
 
@@ -66,6 +68,52 @@ impl SlidingWindow {
     pub fn remaining(&mut self, now: Instant) -> usize {
         self.free_at(now);
         self.limit - self.taken.len()
+    }
+
+    /// What is left at `now`. Spent, it resets when a slot frees; otherwise when every spent
+    /// slot is back (the newest take leaves the window).
+    pub fn allowance(&mut self, now: Instant) -> Allowance {
+        let remaining = self.remaining(now);
+        let reset = if remaining == 0 {
+            self.free_at(now)
+        } else {
+            self.taken
+                .back()
+                .map_or(now, |&newest| newest + self.window)
+        };
+        Allowance {
+            limit: self.limit as u64,
+            remaining: remaining as u64,
+            reset,
+        }
+    }
+}
+
+/// What can still be spent, in the upstream's own terms (`x-ratelimit-limit`, `-remaining`,
+/// `-reset`): `remaining` of `limit` calls now. `reset` is when calls can be made again once
+/// none remain (what a client waiting for it needs), and otherwise when all of `limit` is
+/// back; for the upstream's fixed windows the two are one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Instant,
+}
+
+impl Allowance {
+    /// Where two limits both apply: the lower limit, the lower remaining count, and the reset
+    /// of the one that leaves less (the later one when they leave the same).
+    pub fn tighter(self, other: Allowance) -> Allowance {
+        let (binding, reset) = match self.remaining.cmp(&other.remaining) {
+            std::cmp::Ordering::Less => (self, self.reset),
+            std::cmp::Ordering::Greater => (other, other.reset),
+            std::cmp::Ordering::Equal => (self, self.reset.max(other.reset)),
+        };
+        Allowance {
+            limit: self.limit.min(other.limit),
+            remaining: binding.remaining,
+            reset,
+        }
     }
 }
 
@@ -172,6 +220,31 @@ impl BudgetState {
         );
     }
 
+    /// What is left at `now`: the local window's view, lowered by what the upstream said
+    /// (a closed gate, or its own count until its reset). Spent, it resets when a call may go
+    /// out again; otherwise once the window and the upstream's own count are both back.
+    pub fn allowance(&mut self, now: Instant) -> Allowance {
+        let remaining = self.remaining(now) as u64;
+        let window = self.window.allowance(now);
+        if remaining == 0 {
+            return Allowance {
+                limit: window.limit,
+                remaining,
+                reset: self.available_at(now),
+            };
+        }
+        let upstream_reset = [self.closed_until, self.allowance.map(|(_, reset)| reset)]
+            .into_iter()
+            .flatten()
+            .filter(|&at| at > now)
+            .max();
+        Allowance {
+            limit: window.limit,
+            remaining,
+            reset: upstream_reset.map_or(window.reset, |at| at.max(window.reset)),
+        }
+    }
+
     /// Calls the local window allows now (for reports).
     pub fn remaining(&mut self, now: Instant) -> usize {
         if self.available_at(now) > now {
@@ -251,6 +324,11 @@ impl Budget {
     /// Calls that could go out right now.
     pub fn remaining(&self) -> usize {
         self.lock().remaining(Instant::now())
+    }
+
+    /// What is left at `now`, and when all of it is back.
+    pub fn allowance(&self, now: Instant) -> Allowance {
+        self.lock().allowance(now)
     }
 }
 
@@ -385,6 +463,104 @@ mod tests {
             assert!(state.try_take(now).is_ok());
         }
         assert!(state.try_take(now).is_err());
+    }
+
+    #[test]
+    fn an_allowance_counts_what_is_left_and_says_when_it_comes_back() {
+        let start = Instant::now();
+        let mut window = SlidingWindow::new(3, MINUTE);
+        let untouched = window.allowance(start);
+        assert_eq!((untouched.limit, untouched.remaining), (3, 3));
+        assert_eq!(untouched.reset, start, "nothing spent: nothing to wait for");
+        window.try_take(start).expect("first");
+        window
+            .try_take(start + Duration::from_secs(10))
+            .expect("second");
+        let now = start + Duration::from_secs(20);
+        let spent = window.allowance(now);
+        assert_eq!((spent.limit, spent.remaining), (3, 1));
+        assert_eq!(spent.reset, start + Duration::from_secs(70));
+        // With none left, the reset is when the oldest take frees a slot: a client waiting
+        // until then can call again.
+        window.try_take(now).expect("third");
+        let none = window.allowance(now);
+        assert_eq!(none.remaining, 0);
+        assert_eq!(none.reset, start + MINUTE);
+    }
+
+    #[test]
+    fn the_budgets_allowance_follows_what_the_upstream_said() {
+        let now = Instant::now();
+        let mut state = BudgetState::new(600);
+        let ticket = state.try_take(now).expect("budget");
+        state.observe(
+            ticket,
+            RateLimitReport {
+                remaining: Some(5),
+                reset_in: Some(Duration::from_secs(90)),
+                throttled_for: None,
+            },
+            now,
+        );
+        let capped = state.allowance(now);
+        assert_eq!((capped.limit, capped.remaining), (600, 5));
+        assert_eq!(capped.reset, now + Duration::from_secs(90));
+        let ticket = state.try_take(now).expect("budget");
+        state.observe(
+            ticket,
+            RateLimitReport {
+                throttled_for: Some(Duration::from_secs(20)),
+                ..RateLimitReport::default()
+            },
+            now,
+        );
+        let closed = state.allowance(now);
+        assert_eq!(closed.remaining, 0);
+        assert_eq!(
+            closed.reset,
+            now + Duration::from_secs(20),
+            "calls resume when the 429's wait is over"
+        );
+    }
+
+    #[test]
+    fn the_tighter_of_two_allowances_is_the_one_that_leaves_less() {
+        let now = Instant::now();
+        let at = |secs| now + Duration::from_secs(secs);
+        let quota = Allowance {
+            limit: 120,
+            remaining: 3,
+            reset: at(50),
+        };
+        let budget = Allowance {
+            limit: 600,
+            remaining: 400,
+            reset: at(59),
+        };
+        let both = Allowance {
+            limit: 120,
+            remaining: 3,
+            reset: at(50),
+        };
+        assert_eq!(quota.tighter(budget), both);
+        assert_eq!(budget.tighter(quota), both);
+        let spent_budget = Allowance {
+            remaining: 0,
+            ..budget
+        };
+        assert_eq!(
+            quota.tighter(spent_budget),
+            Allowance {
+                limit: 120,
+                remaining: 0,
+                reset: at(59)
+            }
+        );
+        let even = Allowance {
+            remaining: 3,
+            ..budget
+        };
+        assert_eq!(quota.tighter(even).reset, at(59), "a tie waits for both");
     }
 
     #[tokio::test]

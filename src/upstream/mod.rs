@@ -296,6 +296,13 @@ impl Upstreams {
         })
     }
 
+    /// The budget of credential profile `index` (0 is `[upstream]`), as callers' misses use it.
+    pub fn budget(&self, index: usize) -> Option<&Budget> {
+        self.profiles
+            .get(index)
+            .map(|upstream| &upstream.shield.budget)
+    }
+
     /// Each profile's name and shield: for reports.
     pub fn shields(&self) -> impl Iterator<Item = (&Arc<str>, &Shield)> {
         self.profiles

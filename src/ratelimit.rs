@@ -1,0 +1,158 @@
+//! `RateLimitLayer`: every answer to a known caller says what that caller can still spend
+//! upstream, in the upstream's own headers (`x-ratelimit-limit`, `x-ratelimit-remaining`,
+//! `x-ratelimit-reset`, upstream-api.md §2), so a client written for Onomondo paces itself
+//! through the gateway as it would against the API.
+//!
+//! Guarantees:
+//! - the numbers are the tighter of the caller's own `upstream_per_minute` quota and its
+//!   credential profile's budget, read when the answer leaves (after a miss has spent its
+//!   call), so hits, which spend nothing, report honest numbers;
+//! - `x-ratelimit-reset` is the Unix second, rounded up, by which all of `limit` is back;
+//! - every answer to a caller whose key was accepted carries them, errors (429s included)
+//!   as well as answers; a request refused before its key was accepted carries none.
+//!
+//! It sits outside the error boundary so that error answers are covered too; auth tells it
+//! who asked through a [`CallerSlot`] it places in the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use tower::{Layer, Service};
+
+use crate::auth::{Caller, CallerSlot};
+use crate::upstream::budget::Allowance;
+use crate::upstream::Upstreams;
+
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// What `caller` can still spend upstream at `now`: its quota (if it has one) and its
+/// profile's budget, whichever leaves less.
+pub fn allowance(caller: &Caller, upstreams: &Upstreams, now: Instant) -> Option<Allowance> {
+    let budget = upstreams
+        .budget(caller.policy.profile)
+        .map(|budget| budget.allowance(now));
+    match (caller.policy.quota_allowance(now), budget) {
+        (Some(quota), Some(budget)) => Some(quota.tighter(budget)),
+        (quota, budget) => quota.or(budget),
+    }
+}
+
+/// Writes `allowance` as the three headers; `reset` as Unix seconds (rounded up, so a caller
+/// waiting until then is never early), measured from `now` and `wall_now`.
+pub fn write_headers(
+    headers: &mut HeaderMap,
+    allowance: &Allowance,
+    now: Instant,
+    wall_now: SystemTime,
+) {
+    let wait = allowance.reset.saturating_duration_since(now);
+    let since_epoch = (wall_now + wait)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let reset = since_epoch.as_secs() + u64::from(since_epoch.subsec_nanos() > 0);
+    headers.insert(
+        X_RATELIMIT_LIMIT.clone(),
+        HeaderValue::from(allowance.limit),
+    );
+    headers.insert(
+        X_RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(allowance.remaining),
+    );
+    headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+}
+
+/// Adds the rate-limit headers to every answer to a known caller.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    upstreams: Upstreams,
+}
+
+impl RateLimitLayer {
+    pub fn new(upstreams: Upstreams) -> Self {
+        Self { upstreams }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            upstreams: self.upstreams.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    upstreams: Upstreams,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let slot = CallerSlot::default();
+        request.extensions_mut().insert(slot.clone());
+        let future = self.inner.call(request);
+        let upstreams = self.upstreams.clone();
+        Box::pin(async move {
+            let mut response = future.await?;
+            if let Some(caller) = slot.get() {
+                let now = Instant::now();
+                if let Some(allowance) = allowance(caller, &upstreams, now) {
+                    write_headers(response.headers_mut(), &allowance, now, SystemTime::now());
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reset_is_written_as_unix_seconds_rounded_up() {
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_730_239_150);
+        let mut headers = HeaderMap::new();
+        let allowance = Allowance {
+            limit: 600,
+            remaining: 520,
+            reset: now + Duration::from_millis(50_500),
+        };
+        write_headers(&mut headers, &allowance, now, wall);
+        assert_eq!(headers[&X_RATELIMIT_LIMIT], "600");
+        assert_eq!(headers[&X_RATELIMIT_REMAINING], "520");
+        assert_eq!(headers[&X_RATELIMIT_RESET], "1730239201");
+        // A reset already past is "now".
+        let past = Allowance {
+            reset: now,
+            ..allowance
+        };
+        write_headers(&mut headers, &past, now + Duration::from_secs(1), wall);
+        assert_eq!(headers[&X_RATELIMIT_RESET], "1730239150");
+    }
+}
