@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use http::Uri;
 
-use crate::scope::{RouteName, Scope};
+use crate::caller::Scope;
+use crate::query::RouteName;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -39,6 +40,9 @@ pub const DEFAULT_MAX_URI_BYTES: u64 = 8 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_MAX_FILTERS: u64 = 32;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024;
+/// The largest upstream body the gateway reads (decoded); a full 1000-record page is a few
+/// hundred KiB. No stored answer can be larger, which bounds `cache.max_entry_bytes`.
+pub const MAX_UPSTREAM_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
@@ -1177,7 +1181,7 @@ fn validate_cache(raw: RawCache, problems: &mut Vec<String>) -> CacheConfig {
         raw.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
         "cache.max_entry_bytes",
         1024,
-        crate::upstream::client::MAX_BODY_BYTES as u64,
+        MAX_UPSTREAM_BODY_BYTES as u64,
         problems,
     );
     CacheConfig {

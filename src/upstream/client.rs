@@ -29,8 +29,8 @@ use super::breaker::Outcome;
 use super::budget::RateLimitReport;
 use crate::error::{GatewayError, ResponseBody, JSON};
 
-/// The largest upstream body read; a full 1000-record page is a few hundred KiB.
-pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// The largest upstream body read (`config` owns the number: it bounds the largest entry).
+pub const MAX_BODY_BYTES: usize = crate::config::MAX_UPSTREAM_BODY_BYTES;
 
 /// When a 429 says nothing about when to come back: the upstream's window is one minute.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
