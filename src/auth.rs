@@ -246,16 +246,7 @@ impl<B> Gate<Request<B>> for Authenticate {
                 Presented::Key(_) => Some("unknown key"),
             };
             if let (Some(source), Some(reason)) = (source, reason) {
-                let recorded = self.failures.record_failure(source, now);
-                if recorded.log {
-                    tracing::warn!(
-                        %source,
-                        failures = recorded.failures,
-                        tripped = recorded.tripped,
-                        reason,
-                        "authentication failed"
-                    );
-                }
+                self.failures.fail(source, now, reason);
             }
             return Err(GatewayError::Unauthorized);
         };

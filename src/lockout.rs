@@ -82,6 +82,22 @@ impl AuthFailures {
         }
     }
 
+    /// Records a failed authentication from `source` and logs it when notable (the first of
+    /// a window, or the one that trips it, within the global log budget).
+    pub fn fail(&self, source: IpAddr, now: Instant, reason: &'static str) -> Recorded {
+        let recorded = self.record_failure(source, now);
+        if recorded.log {
+            tracing::warn!(
+                %source,
+                failures = recorded.failures,
+                tripped = recorded.tripped,
+                reason,
+                "authentication failed"
+            );
+        }
+        recorded
+    }
+
     pub fn record_failure(&self, source: IpAddr, now: Instant) -> Recorded {
         let failures = {
             let mut sources = self.sources();

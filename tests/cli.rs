@@ -23,6 +23,21 @@ name = "billing"
 key = "cli-caller-key"
 "#;
 
+/// The gateway serving `config`, and its log lines.
+fn serving(config: &std::path::Path) -> (KillOnDrop, std::sync::mpsc::Receiver<String>) {
+    let mut child = KillOnDrop(
+        gateway()
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawns"),
+    );
+    let lines = log_lines(child.0.stdout.take().expect("stdout"));
+    (child, lines)
+}
+
 fn gateway() -> Command {
     let mut command = Command::new(BIN);
     // The developer's environment must not change what these tests see.
@@ -222,16 +237,7 @@ fn sighup_reloads_the_config_file_and_revokes_a_removed_key() {
         "reload.toml",
         &config(&format!("{}, {}", hash("old-key"), hash("new-key"))),
     );
-    let mut child = KillOnDrop(
-        gateway()
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawns"),
-    );
-    let lines = log_lines(child.0.stdout.take().expect("stdout"));
+    let (mut child, lines) = serving(&path);
     let addr = wait_for_line(&lines, "usage-gateway listening")
         .split("address=")
         .nth(1)
@@ -304,16 +310,7 @@ fn userinfo_in_the_base_url_is_shown_by_neither_check_nor_the_startup_line() {
         "{shown}"
     );
 
-    let mut child = KillOnDrop(
-        gateway()
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawns"),
-    );
-    let lines = log_lines(child.0.stdout.take().expect("stdout"));
+    let (_child, lines) = serving(&path);
     let started = wait_for_line(&lines, "usage-gateway listening");
     assert!(started.contains("[redacted]@127.0.0.1:9"), "{started}");
     assert!(!started.contains("userinfo-secret-55"), "{started}");

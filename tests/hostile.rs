@@ -164,7 +164,7 @@ async fn a_get_body_past_max_body_bytes_is_413_unread_and_never_forwarded() {
         );
         let reply = raw_exchange(gateway.addr, request.as_bytes()).await;
         assert_eq!(reply.statuses(), vec![413], "{framing:?}: {}", reply.text);
-        let body: serde_json::Value = serde_json::from_str(reply.body()).expect("a JSON error");
+        let body: serde_json::Value = serde_json::from_str(&reply.body()).expect("a JSON error");
         assert_eq!(body["error"], "body_too_large");
         assert!(
             body["message"].as_str().unwrap_or("").contains("64 bytes"),

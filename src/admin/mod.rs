@@ -215,15 +215,7 @@ impl Admin {
         if !self.authorized(request, expected) {
             let presented = request.headers().contains_key(http::header::AUTHORIZATION);
             if let Some(source) = source.filter(|_| presented) {
-                let recorded = self.failures.record_failure(source, now);
-                if recorded.log {
-                    tracing::warn!(
-                        %source,
-                        failures = recorded.failures,
-                        tripped = recorded.tripped,
-                        "admin authentication failed"
-                    );
-                }
+                self.failures.fail(source, now, "wrong admin token");
             }
             let mut response = json(
                 StatusCode::UNAUTHORIZED,

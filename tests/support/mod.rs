@@ -454,22 +454,51 @@ pub async fn let_expire() {
 pub struct RawReply {
     /// Everything received, as text (lossy).
     pub text: String,
+    /// Everything received.
+    pub bytes: Vec<u8>,
     /// Whether the server closed the connection within the bound.
     pub closed: bool,
 }
 
 impl RawReply {
-    /// The status codes of every response in `text`, in order.
+    /// Each response received, in order, as (status, body): parsed with `httparse` and framed
+    /// by `Content-Length`, so a body that contains "HTTP/1.1 200" cannot pass for an answer.
+    pub fn responses(&self) -> Vec<(u16, Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut rest = &self.bytes[..];
+        while !rest.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(head)) = response.parse(rest) else {
+                break;
+            };
+            let length = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .unwrap_or(rest.len() - head);
+            let end = (head + length).min(rest.len());
+            found.push((response.code.unwrap_or_default(), rest[head..end].to_vec()));
+            rest = &rest[end..];
+        }
+        found
+    }
+
+    /// The status codes of every response, in order.
     pub fn statuses(&self) -> Vec<u16> {
-        self.text
-            .match_indices("HTTP/1.1 ")
-            .filter_map(|(at, _)| self.text.get(at + 9..at + 12)?.parse().ok())
+        self.responses()
+            .into_iter()
+            .map(|(status, _)| status)
             .collect()
     }
 
-    /// The body of the last response (after its blank line).
-    pub fn body(&self) -> &str {
-        self.text.rsplit("\r\n\r\n").next().unwrap_or("")
+    /// The body of the last response.
+    pub fn body(&self) -> String {
+        self.responses()
+            .pop()
+            .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -491,6 +520,7 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
     .await;
     RawReply {
         text: String::from_utf8_lossy(&received).into_owned(),
+        bytes: received,
         closed: read.is_ok(),
     }
 }
