@@ -8,7 +8,9 @@
 //! - A value of the wrong type is named by its kind (`a string`, `an integer`), never quoted.
 //! - serde's own messages (an unknown key, an unknown enum variant) name keys and variants;
 //!   secret fields are [`Secret`](super::Secret)s, whose deserializer answers a wrong type with
-//!   a fixed message, so no serde message can carry a token or a caller key.
+//!   a fixed message, so no serde message can carry a token or a caller key from its own
+//!   field. One rule on message text is left (see [`without_found_value`]): a value written
+//!   where a table or a list belongs is quoted by serde's default `invalid type` message.
 
 use super::raw::File;
 
@@ -68,7 +70,7 @@ pub(super) fn layering_error(error: &config::ConfigError, file: Option<&File<'_>
         } => place(
             format!("invalid type: {}, expected {expected}", kind(unexpected)),
             key,
-            // A value without an origin came from the file (the environment's say so).
+            // A value without an origin came from the file (the environment names itself).
             origin
                 .as_deref()
                 .or(file.and_then(|file| file.name.as_deref())),
@@ -90,13 +92,60 @@ pub(super) fn layering_error(error: &config::ConfigError, file: Option<&File<'_>
             place(message, &None, file.and_then(|file| file.name.as_deref()))
         }
         // serde's own: unknown keys and enum variants by name (see the module's comment).
-        E::Message(message) => message.clone(),
+        E::Message(message) => without_found_value(message),
         E::NotFound(key) => format!("missing configuration field {key:?}"),
         // A key path, or a frozen builder: no value in either.
         E::PathParse { .. } | E::Frozen => error.to_string(),
         // Only a file the `config` crate reads itself fails this way, and it reads none.
         _ => "the configuration could not be read".to_owned(),
     }
+}
+
+/// serde's `invalid type: <found>, expected <wanted>` (and `invalid value: …`) with `<found>`
+/// cut to its kind. The one rule left on message text, and why: a string where a table or a
+/// list belongs (`upstream = "onok_…"`, a token in the wrong place) reaches a derived visitor
+/// through the `config` crate, and serde's default message quotes it. serde writes the kind
+/// first and the value after it in quotes or backticks (`string "…"`, `integer `5``); only a
+/// kind serde writes without a value is kept, anything else becomes `another type`.
+fn without_found_value(message: &str) -> String {
+    const KINDS: &[&str] = &[
+        "boolean",
+        "integer",
+        "floating point",
+        "character",
+        "string",
+        "byte array",
+        "unit value",
+        "Option value",
+        "newtype struct",
+        "sequence",
+        "map",
+        "enum",
+        "unit variant",
+        "newtype variant",
+        "tuple variant",
+        "struct variant",
+    ];
+    for prefix in ["invalid type: ", "invalid value: "] {
+        // What was wanted is our own types' description, so the last separator is it.
+        let parts = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.rsplit_once(", expected "));
+        if let Some((found, wanted)) = parts {
+            let kind = found
+                .split(['"', '`'])
+                .next()
+                .unwrap_or_default()
+                .trim_end();
+            let kind = if KINDS.contains(&kind) {
+                kind
+            } else {
+                "another type"
+            };
+            return format!("{prefix}{kind}, expected {wanted}");
+        }
+    }
+    message.to_owned()
 }
 
 /// What kind of value the `config` crate found where another was expected, without the value.
@@ -174,5 +223,39 @@ mod tests {
             layering_error(&error, Some(&file)),
             "invalid type: a string, expected an integer for key `timeout_ms` in gateway.toml"
         );
+    }
+
+    #[test]
+    fn serde_s_invalid_type_keeps_the_kind_found_and_drops_the_value() {
+        for (message, shown) in [
+            (
+                "invalid type: string \"onok_secret\", expected struct RawUpstream",
+                "invalid type: string, expected struct RawUpstream",
+            ),
+            (
+                "invalid type: string \"a\\\", expected b secret\", expected a sequence",
+                "invalid type: string, expected a sequence",
+            ),
+            (
+                "invalid value: integer `918273645`, expected a secret",
+                "invalid value: integer, expected a secret",
+            ),
+            (
+                "invalid type: something secret, expected a map",
+                "invalid type: another type, expected a map",
+            ),
+            (
+                "invalid type: map, expected a string",
+                "invalid type: map, expected a string",
+            ),
+            // Not serde's shape: left as written (the Secret's own fixed message is one).
+            (
+                "invalid type: expected a string",
+                "invalid type: expected a string",
+            ),
+            ("unknown field `tokn`", "unknown field `tokn`"),
+        ] {
+            assert_eq!(without_found_value(message), shown, "{message}");
+        }
     }
 }

@@ -427,3 +427,25 @@ fn key_sha256_takes_one_hash_or_a_list() {
     ));
     assert_eq!(found.len(), 3, "{found:#?}");
 }
+
+/// A string where a table or a list belongs (a token written as `upstream = "…"`) reaches
+/// serde's own `invalid type` message, which would quote it.
+#[test]
+fn a_value_where_a_table_or_list_belongs_is_not_echoed() {
+    for text in [
+        "upstream = \"onok_misplaced-secret\"\n[[callers]]\nname = \"x\"\nkey = \"k\"\n",
+        "callers = [\"misplaced-secret\"]\n[upstream]\ntoken = \"t\"\n",
+        "[upstream]\ntoken = \"t\"\n[server]\ncors = \"misplaced-secret\"\n[[callers]]\nname = \"x\"\nkey = \"k\"\n",
+        "[upstream]\ntoken = [\"listed-secret\"]\n[[callers]]\nname = \"x\"\nkey = { k = \"tabled-secret\" }\n",
+    ] {
+        let found = problems(text).join("\n");
+        assert!(found.contains("invalid type"), "{found}");
+        assert!(!found.contains("secret"), "{found}");
+    }
+    // A secret field of the wrong type says what it wants, and only that.
+    let found = problems(&MINIMAL.replace("key = \"billing-key\"", "key = [\"listed-secret\"]"));
+    assert_eq!(
+        found,
+        ["invalid type: expected a string for key `callers[0]key`"]
+    );
+}
