@@ -1,13 +1,13 @@
-//! `AuthLayer`: only callers with a configured key get past; who they are travels on as a
-//! [`Caller`] in the request extensions.
+//! `AuthLayer`: only callers with a configured key get past; who they are travels on with the
+//! request, as an [`Authenticated`] request's [`Caller`].
 //!
 //! The key may come as `Authorization: Bearer <key>`, as `Authorization: <key>` (what Onomondo
 //! clients send) or as `X-API-Key: <key>`. Keys are kept only as SHA-256 hashes and compared in
 //! constant time against every configured caller, so neither timing nor the error tells which
 //! part of a key was right. The key itself goes no further than this file.
 
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::AUTHORIZATION;
@@ -15,100 +15,15 @@ use http::{HeaderMap, HeaderName, Request};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::caller::{Authenticated, Caller, CallerPolicy, CallerSlot};
 use crate::config::CallerConfig;
 use crate::error::GatewayError;
 use crate::gate::{Gate, GateLayer};
 use crate::lockout::{AuthFailures, ClientAddr};
 use crate::observe::RequestFacts;
-use crate::scope::Scope;
-use crate::upstream::budget::{Allowance, SlidingWindow};
 
 /// The `X-API-Key` header, the third accepted credential form.
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// Who is calling: inserted by [`Auth`], read by inner layers and the trace span.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub name: Arc<str>,
-    pub policy: Arc<CallerPolicy>,
-}
-
-/// Request extension put in by a layer outside the error boundary that needs, on the way
-/// out, to know who asked (the rate-limit headers): auth fills it with the caller it found.
-/// Extensions only travel inwards; this is how the answer to "who was it" travels back out.
-#[derive(Debug, Clone, Default)]
-pub struct CallerSlot(Arc<OnceLock<Caller>>);
-
-impl CallerSlot {
-    /// The caller auth found, once it has found one.
-    pub fn get(&self) -> Option<&Caller> {
-        self.0.get()
-    }
-}
-
-/// Quota state, kept across reloads while a caller's quota is unchanged.
-type Quota = Arc<Mutex<SlidingWindow>>;
-
-/// What a caller may do: what it may ask, which credential its misses use, its own upstream
-/// quota and forced refreshes.
-#[derive(Debug)]
-pub struct CallerPolicy {
-    pub scope: Scope,
-    /// Index of its credential profile in the running profile list (0 is `[upstream]`).
-    pub profile: usize,
-    /// `Cache-Control: no-cache` from this caller forces an upstream fetch.
-    pub allow_refresh: bool,
-    /// Upstream calls this caller may cause per minute, and the state of that window.
-    quota: Option<(u32, Quota)>,
-}
-
-impl CallerPolicy {
-    fn new(config: &CallerConfig, profile: usize, previous: Option<&CallerPolicy>) -> Self {
-        let quota = config.upstream_per_minute.map(|limit| {
-            let kept = previous
-                .and_then(|p| p.quota.as_ref())
-                .filter(|(old_limit, _)| *old_limit == limit)
-                .map(|(_, window)| window.clone());
-            let window = kept.unwrap_or_else(|| {
-                Arc::new(Mutex::new(SlidingWindow::new(
-                    limit as usize,
-                    Duration::from_secs(60),
-                )))
-            });
-            (limit, window)
-        });
-        Self {
-            scope: config.scope.clone(),
-            profile,
-            allow_refresh: config.allow_refresh,
-            quota,
-        }
-    }
-
-    /// Charges one upstream call to this caller, or says how long until its quota allows one.
-    pub fn charge_upstream_call(&self) -> Result<(), Duration> {
-        let Some((_, quota)) = &self.quota else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        quota
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .try_take(now)
-            .map_err(|free_at| free_at.saturating_duration_since(now))
-    }
-
-    /// What is left of this caller's quota at `now`; `None` without a quota.
-    pub fn quota_allowance(&self, now: Instant) -> Option<Allowance> {
-        let (_, quota) = self.quota.as_ref()?;
-        Some(
-            quota
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .allowance(now),
-        )
-    }
-}
 
 /// One configured caller: its key hashes and its policy.
 #[derive(Debug)]
@@ -160,7 +75,13 @@ impl KeyStore {
                 Ok(Entry {
                     name: caller.name.clone(),
                     key_sha256: caller.key_sha256.clone(),
-                    policy: Arc::new(CallerPolicy::new(caller, profile, old)),
+                    policy: Arc::new(CallerPolicy::new(
+                        caller.scope.clone(),
+                        profile,
+                        caller.allow_refresh,
+                        caller.upstream_per_minute,
+                        old,
+                    )),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -273,13 +194,19 @@ fn nonempty(key: &[u8]) -> Option<&[u8]> {
 
 /// `Bearer <key>` (scheme case-insensitive, RFC 9110 §11.1) or the raw key.
 fn strip_bearer(value: &[u8]) -> &[u8] {
+    bearer_token(value).unwrap_or(value)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive, RFC 9110
+/// §11.1), if it is one. The admin listener reads its token with it too.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     match value.split_at_checked(7) {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest,
-        _ => value,
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(rest),
+        _ => None,
     }
 }
 
-/// The key check, as a [`Gate`]: the caller it finds travels on as a [`Caller`] extension.
+/// The key check, as a [`Gate`]: a request with a known key goes on as [`Authenticated`].
 #[derive(Debug, Clone)]
 pub struct Authenticate {
     callers: Callers,
@@ -295,8 +222,10 @@ impl Authenticate {
 /// The key check as a layer: `AuthLayer::new(Authenticate::new(callers, failures))`.
 pub type AuthLayer = GateLayer<Authenticate>;
 
-impl Gate for Authenticate {
-    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+impl<B> Gate<Request<B>> for Authenticate {
+    type Admitted = Authenticated<B>;
+
+    fn admit(&self, request: Request<B>) -> Result<Authenticated<B>, GatewayError> {
         let source = request
             .extensions()
             .get::<ClientAddr>()
@@ -335,19 +264,20 @@ impl Gate for Authenticate {
         }
         if let Some(slot) = request.extensions().get::<CallerSlot>() {
             // Set at most once per request: a request passes auth once.
-            let _ = slot.0.set(caller.clone());
+            slot.set(&caller);
         }
-        request.extensions_mut().insert(caller);
-        Ok(())
+        Ok(Authenticated { caller, request })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caller::Scope;
     use crate::config::hash_key;
     use crate::error::ResponseBody;
     use http::{HeaderValue, Response};
+    use std::time::Duration;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     fn hash(key: &str) -> [u8; 32] {
@@ -454,7 +384,7 @@ mod tests {
             }
             let mut request = request.body(()).expect("request");
             request.extensions_mut().insert(addr);
-            gate.admit(&mut request).err().map(|error| error.code())
+            gate.admit(request).err().map(|error| error.code())
         };
         // Preflights and probes without a key, however many, never lock the address out.
         for _ in 0..10 {
@@ -485,7 +415,7 @@ mod tests {
             .body(())
             .expect("request");
         request.extensions_mut().insert(slot.clone());
-        gate.admit(&mut request).expect("known key");
+        gate.admit(request).expect("known key");
         assert_eq!(slot.get().map(|c| &*c.name), Some("billing"));
     }
 
@@ -567,9 +497,8 @@ mod tests {
     async fn known_key_reaches_the_inner_service_with_its_caller() {
         let service = ServiceBuilder::new()
             .layer(layer(store()))
-            .service(service_fn(|request: Request<()>| async move {
-                let caller = request.extensions().get::<Caller>().cloned();
-                let name = caller.map(|c| c.name.to_string()).unwrap_or_default();
+            .service(service_fn(|request: Authenticated<()>| async move {
+                let name = request.caller.name.to_string();
                 Ok::<_, GatewayError>(Response::new(ResponseBody::from(name)))
             }));
         let request = Request::builder()
@@ -588,7 +517,7 @@ mod tests {
     async fn unknown_key_never_reaches_the_inner_service() {
         let service = ServiceBuilder::new()
             .layer(layer(store()))
-            .service(service_fn(|_: Request<()>| async {
+            .service(service_fn(|_: Authenticated<()>| async {
                 panic!("the inner service must not be called");
                 #[allow(unreachable_code)]
                 Ok::<Response<ResponseBody>, GatewayError>(Response::default())

@@ -25,6 +25,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::caller::Authenticated;
 use crate::error::{GatewayError, InvalidRequest, ResponseBody};
 
 /// Reads and drops request bodies of at most `max_bytes`, each within `timeout`.
@@ -79,9 +80,9 @@ where
     }
 }
 
-impl<S, B> Service<Request<B>> for DiscardBody<S>
+impl<S, B> Service<Authenticated<B>> for DiscardBody<S>
 where
-    S: Service<Request<()>, Response = Response<ResponseBody>, Error = GatewayError>
+    S: Service<Authenticated<()>, Response = Response<ResponseBody>, Error = GatewayError>
         + Clone
         + Send
         + 'static,
@@ -99,10 +100,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, authenticated: Authenticated<B>) -> Self::Future {
+        let Authenticated { caller, request } = authenticated;
         let (parts, body) = request.into_parts();
+        let without_body = move |parts| Authenticated {
+            caller,
+            request: Request::from_parts(parts, ()),
+        };
         if body.is_end_stream() {
-            return Either::Left(self.inner.call(Request::from_parts(parts, ())));
+            return Either::Left(self.inner.call(without_body(parts)));
         }
         // The ready service stays for the next call; this one waits for the body first.
         let ready = self.inner.clone();
@@ -111,7 +117,7 @@ where
         Either::Right(
             async move {
                 drain(body, max_bytes, timeout).await?;
-                inner.oneshot(Request::from_parts(parts, ())).await
+                inner.oneshot(without_body(parts)).await
             }
             .boxed(),
         )
@@ -131,17 +137,17 @@ mod tests {
 
     /// The inner service answers with whether it was reached; it never sees a body.
     fn inner() -> impl Service<
-        Request<()>,
+        Authenticated<()>,
         Response = Response<ResponseBody>,
         Error = GatewayError,
         Future = impl Send,
     > + Clone
            + Send
            + 'static {
-        service_fn(|request: Request<()>| async move {
+        service_fn(|authenticated: Authenticated<()>| async move {
             Ok::<_, GatewayError>(Response::new(ResponseBody::from(format!(
                 "reached {}",
-                request.uri()
+                authenticated.request.uri()
             ))))
         })
     }
@@ -153,7 +159,10 @@ mod tests {
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let service = ServiceBuilder::new().layer(layer()).service(inner());
-        let request = Request::get("/usage").body(body).expect("request");
+        let request = Authenticated {
+            caller: crate::caller::Caller::unrestricted("billing"),
+            request: Request::get("/usage").body(body).expect("request"),
+        };
         match service.oneshot(request).await {
             Ok(response) => {
                 let bytes = response.into_body().collect().await.expect("body");

@@ -57,6 +57,11 @@ impl fmt::Display for InvalidRequest {
     }
 }
 
+/// Response extension: the `error` code of an answer the gateway made itself, for the log
+/// line and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("missing or unknown API key")]
@@ -237,9 +242,7 @@ impl GatewayError {
         }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
-        response
-            .extensions_mut()
-            .insert(crate::observe::ErrorCode(self.code()));
+        response.extensions_mut().insert(ErrorCode(self.code()));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, JSON);
         match self {

@@ -1,6 +1,8 @@
 //! One mechanism for the layers that admit or refuse a request before it goes further
-//! (request limits, auth, normalize, scope): each is a [`Gate`], a check that may add what it
-//! learnt to the request's extensions, wrapped by [`GateLayer`] into a tower layer.
+//! (request limits, auth, normalize, scope): each is a [`Gate`], a check that turns the request
+//! into what it admits (auth: an `Authenticated` request; normalize: an `Admitted` one),
+//! wrapped by [`GateLayer`] into a tower layer. The types chain: a gate's inner service takes
+//! what the gate admits, so layers in the wrong order do not compile.
 //!
 //! A refusal is answered at once and never reaches the inner service; neither path allocates
 //! (the future is an `Either` of a ready refusal and the inner service's future).
@@ -8,14 +10,16 @@
 use std::task::{Context, Poll};
 
 use futures_util::future::{ready, Either, Ready};
-use http::{Request, Response};
+use http::Response;
 use tower::{Layer, Service};
 
 use crate::error::{GatewayError, ResponseBody};
 
-/// A check on the way in: admit the request (possibly adding to its extensions) or say why not.
-pub trait Gate {
-    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError>;
+/// A check on the way in: admit the request (as what it learnt makes of it) or say why not.
+pub trait Gate<R> {
+    /// What an admitted request goes on as.
+    type Admitted;
+    fn admit(&self, request: R) -> Result<Self::Admitted, GatewayError>;
 }
 
 /// The future of a gated service: a refusal at once, or the inner service's future.
@@ -50,10 +54,10 @@ pub struct Gated<G, S> {
     inner: S,
 }
 
-impl<G, S, B> Service<Request<B>> for Gated<G, S>
+impl<G, S, R> Service<R> for Gated<G, S>
 where
-    G: Gate,
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
+    G: Gate<R>,
+    S: Service<G::Admitted, Response = Response<ResponseBody>, Error = GatewayError>,
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
@@ -63,9 +67,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.gate.admit(&mut request) {
-            Ok(()) => Either::Right(self.inner.call(request)),
+    fn call(&mut self, request: R) -> Self::Future {
+        match self.gate.admit(request) {
+            Ok(admitted) => Either::Right(self.inner.call(admitted)),
             Err(error) => Either::Left(ready(Err(error))),
         }
     }

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod caller;
 pub mod config;
 pub mod cors;
 pub mod demo;
@@ -25,8 +26,10 @@ pub mod scope;
 pub mod server;
 pub mod sim;
 pub mod stack;
+pub mod sync;
 pub mod telemetry;
 pub mod upstream;
+pub mod window;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -26,9 +26,12 @@ use crate::gate::{Gate, GateLayer};
 /// The request limits as a layer: `GateLayer::new(limits)`.
 pub type RequestLimitsLayer = GateLayer<RequestLimits>;
 
-impl Gate for RequestLimits {
-    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
-        check(request, self)
+impl<B> Gate<Request<B>> for RequestLimits {
+    type Admitted = Request<B>;
+
+    fn admit(&self, request: Request<B>) -> Result<Request<B>, GatewayError> {
+        check(&request, self)?;
+        Ok(request)
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::upstream::budget::SlidingWindow;
+use crate::window::SlidingWindow;
 
 /// Addresses tracked at most.
 pub const MAX_SOURCES: usize = 100_000;
@@ -64,9 +64,7 @@ impl AuthFailures {
 
     fn sources(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
         // Every update is a single insert or field write: a poisoned map is still consistent.
-        self.sources
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.sources)
     }
 
     /// `Err(wait)` when `source` has used up its failures for the current window.
@@ -113,13 +111,7 @@ impl AuthFailures {
         };
         let tripped = failures == self.limit;
         let notable = failures == 1 || tripped;
-        let log = notable
-            && self
-                .log_budget
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .try_take(now)
-                .is_ok();
+        let log = notable && crate::sync::lock(&self.log_budget).try_take(now).is_ok();
         Recorded {
             failures,
             tripped,

@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::sync::{lock, read, write};
+
 /// How often the status page's history takes a sample, and how many it keeps (15 minutes).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 pub const SAMPLES_KEPT: usize = 90;
@@ -547,23 +549,6 @@ fn saved_reason(cache: &str) -> Option<&'static str> {
         "stale-while-revalidate" | "stale-if-error" => Some("stale"),
         _ => None,
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Counters only ever grow by whole steps: a poisoned lock still holds valid numbers.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use http::{Method, Request};
 
+use crate::caller::{Admitted, Authenticated};
 use crate::error::GatewayError;
 use crate::gate::{Gate, GateLayer};
 use crate::observe::RequestFacts;
@@ -39,15 +40,22 @@ pub fn classify<B>(request: &Request<B>, max_filters: usize) -> Result<UsageQuer
     Ok(query)
 }
 
-impl Gate for Normalize {
-    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+impl Gate<Authenticated<()>> for Normalize {
+    type Admitted = Admitted;
+
+    fn admit(&self, authenticated: Authenticated<()>) -> Result<Admitted, GatewayError> {
+        let Authenticated { caller, request } = authenticated;
         // The method is checked after the path so that an unknown path is 404 whatever the method.
-        let query = classify(request, self.max_filters)?;
+        let query = classify(&request, self.max_filters)?;
         if let Some(facts) = RequestFacts::of(request.extensions()) {
             facts.set_route(query.route().name());
         }
-        request.extensions_mut().insert(query);
-        Ok(())
+        Ok(Admitted {
+            caller,
+            query,
+            request,
+            background: false,
+        })
     }
 }
 
@@ -57,6 +65,13 @@ mod tests {
     use crate::error::ResponseBody;
     use http::Response;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    fn authenticated(method: Method, target: &str) -> Authenticated<()> {
+        Authenticated {
+            caller: crate::caller::Caller::unrestricted("billing"),
+            request: request(method, target),
+        }
+    }
 
     fn request(method: Method, target: &str) -> Request<()> {
         Request::builder()
@@ -90,13 +105,15 @@ mod tests {
     async fn inner_service_sees_the_canonical_query() {
         let service = ServiceBuilder::new()
             .layer(NormalizeLayer::new(Normalize::new(32)))
-            .service(service_fn(|request: Request<()>| async move {
-                let query = request.extensions().get::<UsageQuery>().cloned();
-                let canonical = query.map(|q| q.canonical().to_owned()).unwrap_or_default();
+            .service(service_fn(|admitted: Admitted| async move {
+                let canonical = admitted.query.canonical().to_owned();
                 Ok::<_, GatewayError>(Response::new(ResponseBody::from(canonical)))
             }));
         let response = service
-            .oneshot(request(Method::GET, "/usage?filter=TIME:2024&limit=010"))
+            .oneshot(authenticated(
+                Method::GET,
+                "/usage?filter=TIME:2024&limit=010",
+            ))
             .await
             .expect("valid");
         let body = http_body_util::BodyExt::collect(response.into_body())
@@ -110,13 +127,13 @@ mod tests {
     async fn refused_requests_never_reach_the_inner_service() {
         let service = ServiceBuilder::new()
             .layer(NormalizeLayer::new(Normalize::new(32)))
-            .service(service_fn(|_: Request<()>| async {
+            .service(service_fn(|_: Admitted| async {
                 panic!("the inner service must not be called");
                 #[allow(unreachable_code)]
                 Ok::<Response<ResponseBody>, GatewayError>(Response::default())
             }));
         let error = service
-            .oneshot(request(Method::GET, "/usage?filter=colour:red"))
+            .oneshot(authenticated(Method::GET, "/usage?filter=colour:red"))
             .await
             .expect_err("refused");
         assert_eq!(error.code(), "filter_invalid");

@@ -24,7 +24,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::error::ResponseBody;
+use crate::error::{ErrorCode, ResponseBody};
 use crate::metrics::{Finished, Metrics};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,19 +46,11 @@ pub struct Facts {
 
 impl RequestFacts {
     fn update(&self, change: impl FnOnce(&mut Facts)) {
-        change(
-            &mut self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        change(&mut crate::sync::lock(&self.0));
     }
 
     fn snapshot(&self) -> Facts {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.0).clone()
     }
 }
 
@@ -85,10 +77,6 @@ impl RequestFacts {
         self.update(|f| f.upstream_ms = Some(f.upstream_ms.unwrap_or(0) + ms));
     }
 }
-
-/// Response extension: the `error` code of an answer the gateway made itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorCode(pub &'static str);
 
 /// A caller's request id is kept only if it is short, visible ASCII (RFC 9110 `token`-ish):
 /// anything else could forge log lines or carry a secret into them.

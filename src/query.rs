@@ -35,6 +35,41 @@ pub enum Route {
     TagTotal(String),
 }
 
+/// The three endpoints, as `[[callers]] routes` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteName {
+    Usage,
+    UsageBySim,
+    TagTotal,
+}
+
+impl RouteName {
+    pub const ALL: [RouteName; 3] = [RouteName::Usage, RouteName::UsageBySim, RouteName::TagTotal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteName::Usage => "usage",
+            RouteName::UsageBySim => "usage_by_sim",
+            RouteName::TagTotal => "tag_total",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<RouteName> {
+        RouteName::ALL
+            .into_iter()
+            .find(|route| route.as_str() == name)
+    }
+
+    /// Which endpoint `route` is.
+    pub fn of(route: &Route) -> RouteName {
+        match route {
+            Route::Usage => RouteName::Usage,
+            Route::UsageBySim(_) => RouteName::UsageBySim,
+            Route::TagTotal(_) => RouteName::TagTotal,
+        }
+    }
+}
+
 impl Route {
     /// Recognizes a request path. `Ok(None)` means "no such endpoint" (404); an endpoint with a
     /// malformed path parameter is a 400 naming it.
@@ -69,13 +104,9 @@ impl Route {
         Ok(Some(Route::UsageBySim(rest.to_owned())))
     }
 
-    /// Stable name for logs and metrics.
+    /// Stable name for logs and metrics (the one `[[callers]] routes` uses).
     pub fn name(&self) -> &'static str {
-        match self {
-            Route::Usage => "usage",
-            Route::UsageBySim(_) => "usage_by_sim",
-            Route::TagTotal(_) => "tag_total",
-        }
+        RouteName::of(self).as_str()
     }
 
     fn filter_keys(&self) -> &'static [FilterKey] {
@@ -226,6 +257,13 @@ impl UsageQuery {
         raw_query: Option<&str>,
     ) -> Result<Option<UsageQuery>, InvalidRequest> {
         Self::parse_within(path, raw_query, usize::MAX)
+    }
+
+    /// Parses a request target (path, then `?` and the query, if any): what a cache key
+    /// holds and what tests write.
+    pub fn from_target(target: &str) -> Result<Option<UsageQuery>, InvalidRequest> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Self::parse(path, Some(query))
     }
 
     /// [`UsageQuery::parse`], refusing a query with more than `max_filters` filter parameters
@@ -679,8 +717,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn canonical(target: &str) -> String {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        UsageQuery::parse(path, Some(query))
+        UsageQuery::from_target(target)
             .expect("valid")
             .expect("a usage route")
             .canonical()
@@ -688,10 +725,7 @@ mod tests {
     }
 
     fn error_code(target: &str) -> &'static str {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        UsageQuery::parse(path, Some(query))
-            .expect_err("invalid")
-            .code
+        UsageQuery::from_target(target).expect_err("invalid").code
     }
 
     #[test]

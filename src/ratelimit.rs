@@ -23,9 +23,9 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
-use crate::auth::{Caller, CallerSlot};
-use crate::upstream::budget::Allowance;
+use crate::caller::{Caller, CallerSlot};
 use crate::upstream::Upstreams;
+use crate::window::Allowance;
 
 pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");

@@ -191,7 +191,7 @@ impl Admin {
         let Some(presented) = request
             .headers()
             .get(http::header::AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|value| crate::auth::bearer_token(value.as_bytes()))
         else {
             return false;
         };

@@ -34,9 +34,7 @@ pub struct Flights {
 impl Flights {
     fn lock(&self) -> MutexGuard<'_, HashMap<CacheKey, SharedFill>> {
         // Each operation is one map call: a poisoned map is still consistent.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 
     /// Joins the fill in flight for `key`, or starts `start()`'s fill (which may refuse, e.g.

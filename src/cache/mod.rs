@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
 use tower::{Layer, Service, ServiceExt};
@@ -47,12 +47,11 @@ pub use status::{BypassReason, CacheStatus, StaleReason, CACHE_NAME, CACHE_STATU
 
 use self::entry::EntryExpiry;
 use self::flight::{FillResult, Joined};
-use crate::auth::Caller;
+use crate::caller::Admitted;
 use crate::config::CacheConfig;
 use crate::error::{GatewayError, ResponseBody};
 use crate::observe::RequestFacts;
 use crate::query::{FilterKey, Route, UsageQuery};
-use crate::upstream::OnlyWithBudgetNow;
 
 /// Keys are hashed with foldhash, seeded per process: SipHash, the default, was ~3% of a hit's
 /// instructions; keys come only from authenticated callers' canonical queries.
@@ -109,9 +108,7 @@ pub enum PurgeSelector {
 
 impl PurgeSelector {
     fn matches(&self, key: &CacheKey) -> bool {
-        let target = key.target();
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let Ok(Some(question)) = UsageQuery::parse(path, Some(query)) else {
+        let Ok(Some(question)) = UsageQuery::from_target(key.target()) else {
             // Every key is a canonical query; an unparsable one is purged, never kept.
             return true;
         };
@@ -214,26 +211,25 @@ pub struct Cache<S> {
 type BoxResponse =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, GatewayError>> + Send>>;
 
-/// What the cache needs of the service below it: it answers misses, and it can be sent to
-/// a fill task.
-pub trait Inner<B>:
-    Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
+/// What the cache needs of the service below it: it answers admitted misses, and it can be
+/// sent to a fill task.
+pub trait Inner:
+    Service<Admitted, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
     + Send
     + 'static
 {
 }
 
-impl<S, B> Inner<B> for S where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
+impl<S> Inner for S where
+    S: Service<Admitted, Response = Response<ResponseBody>, Error = GatewayError, Future: Send>
         + Send
         + 'static
 {
 }
 
-impl<S, B> Service<Request<B>> for Cache<S>
+impl<S> Service<Admitted> for Cache<S>
 where
-    S: Inner<B> + Clone,
-    B: Send + 'static,
+    S: Inner + Clone,
 {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
@@ -244,22 +240,13 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let Some(query) = request.extensions().get::<UsageQuery>() else {
-            return Box::pin(std::future::ready(Err(GatewayError::Internal(
-                "the normalize layer must run before the cache layer",
-            ))));
-        };
-        let profile = request
-            .extensions()
-            .get::<Caller>()
-            .map_or(0, |caller| caller.policy.profile);
-        let Some(&credential) = self.layer.credentials.get(profile) else {
+    fn call(&mut self, request: Admitted) -> Self::Future {
+        let Some(&credential) = self.layer.credentials.get(request.caller.policy.profile) else {
             return Box::pin(std::future::ready(Err(GatewayError::Internal(
                 "a caller names a credential profile the cache does not know",
             ))));
         };
-        let key = CacheKey::new(credential, query.canonical_shared());
+        let key = CacheKey::new(credential, request.query.canonical_shared());
         let layer = self.layer.clone();
         let inner = self.inner.clone();
         Box::pin(async move { layer.answer(inner, key, request).await })
@@ -268,17 +255,13 @@ where
 
 impl CacheLayer {
     /// Answers one request and records how (its `Cache-Status`) in the request's facts.
-    async fn answer<S, B>(
+    async fn answer<S: Inner>(
         &self,
         inner: S,
         key: CacheKey,
-        request: Request<B>,
-    ) -> Result<Response<ResponseBody>, GatewayError>
-    where
-        S: Inner<B>,
-        B: Send + 'static,
-    {
-        let facts = RequestFacts::of(request.extensions());
+        request: Admitted,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let facts = RequestFacts::of(request.request.extensions());
         let result = self.decide(inner, key, request, facts.as_deref()).await;
         if let Some(facts) = facts {
             let status = result
@@ -292,20 +275,16 @@ impl CacheLayer {
         result
     }
 
-    async fn decide<S, B>(
+    async fn decide<S: Inner>(
         &self,
         inner: S,
         key: CacheKey,
-        request: Request<B>,
+        request: Admitted,
         facts: Option<&RequestFacts>,
-    ) -> Result<Response<ResponseBody>, GatewayError>
-    where
-        S: Inner<B>,
-        B: Send + 'static,
-    {
-        let directives = RequestDirectives::from_headers(request.headers());
-        let caller = request.extensions().get::<Caller>().cloned();
-        let forced = directives.no_cache && caller.as_ref().is_some_and(|c| c.policy.allow_refresh);
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let directives = RequestDirectives::from_headers(request.request.headers());
+        let caller = request.caller.clone();
+        let forced = directives.no_cache && caller.policy.allow_refresh;
         let stored = self.store.get(&key).await;
         let now = Instant::now();
         let freshness = stored.as_ref().map_or(Freshness::Unusable, |entry| {
@@ -324,7 +303,7 @@ impl CacheLayer {
                     return Ok(self.respond_hit(entry, left, now))
                 }
                 (Some(entry), Freshness::Revalidate { expired }) => {
-                    self.refresh_in_background(inner, key, request, caller.as_ref());
+                    self.refresh_in_background(inner, key, request);
                     return Ok(respond_stale(
                         entry,
                         expired,
@@ -341,12 +320,10 @@ impl CacheLayer {
         }
         let joined = self.flights.join_or_start(&key, || {
             // Only the request that starts a fill costs its caller an upstream call.
-            if let Some(caller) = &caller {
-                caller
-                    .policy
-                    .charge_upstream_call()
-                    .map_err(|retry_after| GatewayError::CallerQuotaExceeded { retry_after })?;
-            }
+            caller
+                .policy
+                .charge_upstream_call()
+                .map_err(|retry_after| GatewayError::CallerQuotaExceeded { retry_after })?;
             Ok(self.fill(inner, key.clone(), request))
         });
         let (fill, led) = match joined {
@@ -418,21 +395,10 @@ impl CacheLayer {
     /// on failure the stale entry simply stays. Like a miss, the refresh is charged to the
     /// quota of the caller whose request starts it: with that quota spent, no refresh starts
     /// and the stale answer is all the caller gets.
-    fn refresh_in_background<S, B>(
-        &self,
-        inner: S,
-        key: CacheKey,
-        mut request: Request<B>,
-        caller: Option<&Caller>,
-    ) where
-        S: Inner<B>,
-        B: Send + 'static,
-    {
-        request.extensions_mut().insert(OnlyWithBudgetNow);
+    fn refresh_in_background<S: Inner>(&self, inner: S, key: CacheKey, mut request: Admitted) {
+        request.background = true;
         let started = self.flights.join_or_start::<Duration>(&key, || {
-            if let Some(caller) = caller {
-                caller.policy.charge_upstream_call()?;
-            }
+            request.caller.policy.charge_upstream_call()?;
             Ok(self.fill(inner, key.clone(), request))
         });
         match started {
@@ -449,25 +415,16 @@ impl CacheLayer {
     }
 
     /// One upstream fetch for `key`, stored if storable. Runs as its own task.
-    fn fill<S, B>(
+    fn fill<S: Inner>(
         &self,
         inner: S,
         key: CacheKey,
-        request: Request<B>,
-    ) -> futures_util::future::BoxFuture<'static, FillResult>
-    where
-        S: Inner<B>,
-        B: Send + 'static,
-    {
+        request: Admitted,
+    ) -> futures_util::future::BoxFuture<'static, FillResult> {
         let store = self.store.clone();
         let ttl_policy = self.settings.load().ttl;
         let max_entry_bytes = self.max_entry_bytes;
-        let fresh_for = request
-            .extensions()
-            .get::<UsageQuery>()
-            .map_or(ttl_policy.ttl, |query| {
-                policy::ttl_for(query, OffsetDateTime::now_utc(), &ttl_policy)
-            });
+        let fresh_for = policy::ttl_for(&request.query, OffsetDateTime::now_utc(), &ttl_policy);
         let span = tracing::Span::current();
         async move {
             let result = fetch(inner, request, max_entry_bytes, fresh_for).await;
@@ -499,14 +456,14 @@ fn respond_stale(
 }
 
 /// Fetches once upstream and decides whether the answer becomes an entry.
-async fn fetch<S, B>(
+async fn fetch<S>(
     inner: S,
-    request: Request<B>,
+    request: Admitted,
     max_entry_bytes: usize,
     fresh_for: Duration,
 ) -> Result<Arc<CachedResponse>, Unfilled>
 where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = GatewayError>,
+    S: Service<Admitted, Response = Response<ResponseBody>, Error = GatewayError>,
 {
     let response = inner.oneshot(request).await.map_err(Unfilled::Failed)?;
     let (parts, body) = response.into_parts();
@@ -537,7 +494,9 @@ where
 mod tests {
     use super::*;
     use crate::auth::Callers;
+    use crate::caller::Caller;
     use crate::config::{CallerConfig, Secret};
+    use http::Request;
     use sha2::Digest as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Semaphore;
@@ -560,7 +519,7 @@ mod tests {
         let config = CallerConfig {
             name: name.into(),
             key_sha256: vec![sha2::Sha256::digest(key.as_bytes()).into()],
-            scope: crate::scope::Scope::default(),
+            scope: crate::caller::Scope::default(),
             upstream: None,
             upstream_per_minute,
             allow_refresh: false,
@@ -571,15 +530,15 @@ mod tests {
             .expect("the caller's own key")
     }
 
-    fn request(target: &str, caller: &Caller) -> Request<()> {
-        let uri: http::Uri = target.parse().expect("uri");
-        let query = UsageQuery::parse(uri.path(), uri.query())
-            .expect("valid")
-            .expect("route");
-        let mut request = Request::new(());
-        request.extensions_mut().insert(query);
-        request.extensions_mut().insert(caller.clone());
-        request
+    fn request(target: &str, caller: &Caller) -> Admitted {
+        Admitted {
+            caller: caller.clone(),
+            query: UsageQuery::from_target(target)
+                .expect("valid")
+                .expect("route"),
+            request: Request::new(()),
+            background: false,
+        }
     }
 
     /// An upstream that counts calls and answers only when the test releases it.
@@ -587,14 +546,14 @@ mod tests {
         calls: Arc<AtomicUsize>,
         release: Arc<Semaphore>,
     ) -> impl Service<
-        Request<()>,
+        Admitted,
         Response = Response<ResponseBody>,
         Error = GatewayError,
         Future = impl Send,
     > + Clone
            + Send
            + 'static {
-        service_fn(move |_: Request<()>| {
+        service_fn(move |_: Admitted| {
             let calls = calls.clone();
             let release = release.clone();
             async move {
@@ -685,22 +644,5 @@ mod tests {
             .to_str()
             .is_ok_and(|s| s.contains("hit")));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn a_request_without_a_query_is_an_internal_error() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let service = ServiceBuilder::new()
-            .layer(CacheLayer::new(
-                &config(),
-                vec![CredentialId::of(&Secret::new("t"))],
-            ))
-            .service(held_upstream(calls.clone(), Arc::new(Semaphore::new(1))));
-        let error = service
-            .oneshot(Request::new(()))
-            .await
-            .expect_err("no query");
-        assert_eq!(error.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 }

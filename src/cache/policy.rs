@@ -231,8 +231,7 @@ mod tests {
     };
 
     fn ttl(target: &str, now: OffsetDateTime) -> u64 {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let query = UsageQuery::parse(path, Some(query))
+        let query = UsageQuery::from_target(target)
             .expect("valid")
             .expect("route");
         ttl_for(&query, now, &POLICY).as_secs()

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::scope::{RouteName, Scope};
+use crate::caller::Scope;
 use serde::Deserialize;
 
 use raw::{Environment, File, Raw};
@@ -50,6 +50,9 @@ pub const DEFAULT_MAX_URI_BYTES: u64 = 8 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_MAX_FILTERS: u64 = 32;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024;
+/// The largest upstream body the gateway reads (decoded); a full 1000-record page is a few
+/// hundred KiB. No stored answer can be larger, which bounds `cache.max_entry_bytes`.
+pub const MAX_UPSTREAM_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
@@ -57,9 +60,6 @@ pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u64 = 10_000;
 pub const DEFAULT_HTTP2_MAX_STREAMS: u64 = 128;
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-/// The largest upstream answer body read (decoded); a full 1000-record page is a few hundred
-/// KiB. `cache.max_entry_bytes` cannot exceed it, and `upstream::client` enforces it.
-pub const MAX_UPSTREAM_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// The name `[[callers]] upstream` uses for the `[upstream]` table's own credential.
 pub const DEFAULT_PROFILE: &str = "default";
 

@@ -136,9 +136,7 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
         // Every transition is a single assignment: a poisoned lock still holds a valid state.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Admits one call; the guard records `Abandoned` unless its outcome is recorded.

@@ -3,8 +3,7 @@
 //! Guarantees:
 //! - of the upstream's response headers only `Content-Type` and `Cache-Control` are kept
 //!   (so `Set-Cookie`, hop-by-hop headers (RFC 9110 §7.6.1) and anything else stay behind);
-//! - redirects are never followed, and a body larger than [`MAX_UPSTREAM_BODY_BYTES`] (decoded,
-//!   a bound the configuration owns) is refused;
+//! - redirects are never followed, and a body larger than [`MAX_BODY_BYTES`] (decoded) is refused;
 //! - gzip is asked for and decoded here, so the cache holds and callers get plain JSON whatever
 //!   their `Accept-Encoding`; a 200 whose body is not JSON is refused, never cached;
 //! - the upstream status is mapped by [`classify`]: the caller's mistakes pass through, the
@@ -28,8 +27,10 @@ use tower_http::decompression::Decompression;
 
 use super::breaker::Outcome;
 use super::budget::RateLimitReport;
-use crate::config::MAX_UPSTREAM_BODY_BYTES;
 use crate::error::{GatewayError, ResponseBody, JSON};
+
+/// The largest upstream body read (`config` owns the number: it bounds the largest entry).
+pub const MAX_BODY_BYTES: usize = crate::config::MAX_UPSTREAM_BODY_BYTES;
 
 /// When a 429 says nothing about when to come back: the upstream's window is one minute.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -214,7 +215,7 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
             health,
         };
     }
-    let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES).collect().await;
+    let body = Limited::new(body, MAX_BODY_BYTES).collect().await;
     let result = match body {
         Ok(collected) => {
             let bytes = collected.to_bytes();

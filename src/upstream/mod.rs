@@ -34,7 +34,7 @@ use tower::Service;
 
 use self::breaker::{Breaker, Outcome};
 use self::budget::Budget;
-use crate::auth::Caller;
+use crate::caller::Admitted;
 use crate::config::{AuthScheme, ProfileConfig, UpstreamConfig};
 use crate::error::{GatewayError, ResponseBody};
 use crate::metrics::Metrics;
@@ -47,11 +47,6 @@ const USER_AGENT_VALUE: &str = concat!("usage-gateway/", env!("CARGO_PKG_VERSION
 
 /// Base pause before a retry; each retry doubles it, plus up to as much again of jitter.
 const RETRY_BASE: Duration = Duration::from_millis(100);
-
-/// Request extension: fetch only if budget is free right now, never wait in the queue
-/// (background refreshes: a stale answer is already on its way to the caller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OnlyWithBudgetNow;
 
 /// What protects the upstream: shared by every clone of the service.
 #[derive(Debug)]
@@ -282,7 +277,10 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// One upstream per profile of `config`, the default first, sharing one connection pool.
-    pub fn new(config: &crate::Config, metrics: Arc<Metrics>) -> Result<Upstreams, std::io::Error> {
+    pub fn new(
+        config: &crate::config::Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstreams, std::io::Error> {
         let client = https_client();
         let profiles = config
             .all_profiles()
@@ -311,7 +309,7 @@ impl Upstreams {
     }
 }
 
-impl<B> Service<Request<B>> for Upstreams {
+impl Service<Admitted> for Upstreams {
     type Response = Response<ResponseBody>;
     type Error = GatewayError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, GatewayError>> + Send>>;
@@ -320,24 +318,24 @@ impl<B> Service<Request<B>> for Upstreams {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let extensions = request.extensions();
-        let Some(query) = extensions.get::<UsageQuery>().cloned() else {
-            return Box::pin(std::future::ready(Err(GatewayError::Internal(
-                "the normalize layer must run before the upstream",
-            ))));
-        };
-        let caller = extensions.get::<Caller>();
-        let index = caller.map_or(0, |caller| caller.policy.profile);
-        let Some(upstream) = self.profiles.get(index) else {
+    fn call(&mut self, admitted: Admitted) -> Self::Future {
+        let Admitted {
+            caller,
+            query,
+            request,
+            background,
+        } = admitted;
+        let Some(upstream) = self.profiles.get(caller.policy.profile) else {
             return Box::pin(std::future::ready(Err(GatewayError::Internal(
                 "a caller names a credential profile that does not exist",
             ))));
         };
-        let wait = extensions.get::<OnlyWithBudgetNow>().is_none();
-        let facts = RequestFacts::of(extensions);
-        let caller = caller.map(|caller| caller.name.clone());
-        Box::pin(upstream.clone().fetch(query, wait, facts, caller))
+        let facts = RequestFacts::of(request.extensions());
+        Box::pin(
+            upstream
+                .clone()
+                .fetch(query, !background, facts, Some(caller.name)),
+        )
     }
 }
 

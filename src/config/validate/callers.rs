@@ -3,11 +3,12 @@
 
 use sha2::{Digest, Sha256};
 
+use super::{decode_sha256, narrow, valid_name};
+use crate::caller::Scope;
 use crate::config::raw::{OneOrMany, RawCaller};
 use crate::config::secret::Secret;
-// `RouteName` and `Scope` through config's own (single) import of them.
-use super::{decode_sha256, narrow, valid_name};
-use crate::config::{CallerConfig, ProfileConfig, RouteName, Scope, DEFAULT_PROFILE};
+use crate::config::{CallerConfig, ProfileConfig, DEFAULT_PROFILE};
+use crate::query::RouteName;
 
 pub(super) fn validate(
     raw: Vec<RawCaller>,
