@@ -61,13 +61,6 @@ impl ReloadHandle {
 
 /// Settings of `next` that differ from `running` and cannot change without a restart.
 pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
-    let profiles = |config: &Config| -> Vec<(String, String)> {
-        config
-            .profiles
-            .iter()
-            .map(|p| (format!("{p:?}"), crate::config::hash_key(p.token.expose())))
-            .collect()
-    };
     let (old, new) = (&running.server, &next.server);
     let settings = [
         ("server.listen", old.listen != new.listen),
@@ -82,13 +75,8 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
             old.limits != new.limits,
         ),
         ("server.cors", old.cors != new.cors),
-        (
-            "upstream",
-            format!("{:?}", running.upstream) != format!("{:?}", next.upstream)
-                || running.upstream.token != next.upstream.token
-                || running.upstream.base_url != next.upstream.base_url,
-        ),
-        ("upstreams", profiles(running) != profiles(next)),
+        ("upstream", running.upstream != next.upstream),
+        ("upstreams", running.profiles != next.profiles),
         ("cache.max_bytes", running.cache.max_bytes != next.cache.max_bytes),
         (
             "cache.max_entry_bytes",

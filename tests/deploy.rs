@@ -63,15 +63,12 @@ fn yaml(relative: &str) -> Yaml {
     docs.remove(0)
 }
 
-/// `key = <integer>` from a TOML file's lines (enough for the flat keys these tests read).
-fn toml_integer(text: &str, key: &str) -> Option<i64> {
-    text.lines().find_map(|line| {
-        let (name, value) = line.split_once('=')?;
-        if name.trim() != key {
-            return None;
-        }
-        value.split('#').next()?.trim().parse().ok()
-    })
+/// `[table] key = <integer>` from a TOML file under deploy/, if it sets one.
+fn toml_integer(relative: &str, table: &str, key: &str) -> Option<i64> {
+    let document: toml::Table = read(relative)
+        .parse()
+        .unwrap_or_else(|e| panic!("{relative} is not TOML: {e}"));
+    document.get(table)?.get(key)?.as_integer()
 }
 
 /// The Dockerfile's instructions: continuation lines joined, comments and blank lines dropped,
@@ -482,7 +479,7 @@ fn the_compose_simulator_shares_the_gateway_loopback_and_accepts_its_token() {
 #[test]
 fn every_orchestrator_waits_longer_than_the_gateway_drains() {
     // Kubernetes: grace period beyond the preStop sleep plus the gateway's drain.
-    let grace = |config: &str| toml_integer(&read(config), "shutdown_grace_secs").unwrap_or(30);
+    let grace = |config: &str| toml_integer(config, "server", "shutdown_grace_secs").unwrap_or(30);
     let (pod, container) = deployment_container();
     let termination = pod["terminationGracePeriodSeconds"]
         .as_i64()
