@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod cors;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod discard;
 pub mod error;
@@ -23,7 +24,6 @@ pub mod ratelimit;
 pub mod reload;
 pub mod scope;
 pub mod server;
-pub mod sim;
 pub mod stack;
 pub mod telemetry;
 pub mod upstream;

@@ -406,8 +406,8 @@ fn derived_row(s: &mut String, time_ms: i64, bytes: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::data::GenParams;
-    use crate::sim::query::Period;
+    use crate::data::GenParams;
+    use crate::query::Period;
 
     fn data() -> Data {
         Data::generate(&GenParams {

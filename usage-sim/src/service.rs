@@ -9,10 +9,9 @@
 //! labelled `application/json; charset=utf-8` with an explicit `Content-Length` (only a
 //! misbehaving answer breaks either promise).
 //!
-//! `serve` is the gateway's accept loop (`crate::server`) with one addition: each connection's
-//! socket is a `conn::SimIo`, so a misbehaving body can wait for its bytes to be flushed and
-//! can make the connection's close a TCP reset. HTTP/1.1 and HTTP/2, `TCP_NODELAY`, graceful
-//! shutdown.
+//! `serve` is a small accept loop of its own: each connection's socket is a `conn::SimIo`, so a
+//! misbehaving body can wait for its bytes to be flushed and can make the connection's close a
+//! TCP reset. HTTP/1.1 and HTTP/2, `TCP_NODELAY`, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +23,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 
 use super::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
 use super::conn::{Conn, SimIo};
@@ -382,32 +384,64 @@ async fn handle(
 /// How long open connections may finish once the simulator stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the simulator on `listener` with the gateway's accept loop until `shutdown`
-/// completes, then drains open connections for up to `DRAIN_TIMEOUT`. Each socket is wrapped
-/// in a `SimIo` whose `Conn` the connection's requests share (to cut a body short or reset).
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Serves the simulator on `listener` until `shutdown` completes, then drains open connections
+/// for up to `DRAIN_TIMEOUT`. Each socket is wrapped in a `SimIo` whose `Conn` the connection's
+/// requests share (to cut a body short or reset).
+///
+/// Not the gateway's accept loop (`usage_gateway::server`): the simulator is its own crate and
+/// must not depend on the gateway it tests. So this one is minimal: no connection limits or
+/// per-connection timeouts beyond hyper's default HTTP/1.1 header-read timeout.
 pub async fn serve(
     sim: Simulator,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let inner = sim.inner;
-    let connect = move |stream: TcpStream, _peer| {
-        let conn = Arc::new(Conn::default());
-        let io = SimIo::new(stream, Arc::clone(&conn));
-        let inner = Arc::clone(&inner);
-        let service = hyper::service::service_fn(move |req| {
-            handle(Arc::clone(&inner), Arc::clone(&conn), req)
-        });
-        (io, service)
-    };
-    crate::server::serve_connections(
-        listener,
-        connect,
-        shutdown,
-        DRAIN_TIMEOUT,
-        crate::server::ConnectionLimits::default(),
-    )
-    .await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                // Small JSON answers: send them at once rather than wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                let conn = Arc::new(Conn::default());
+                let io = TokioIo::new(SimIo::new(stream, Arc::clone(&conn)));
+                let inner = Arc::clone(&inner);
+                let service = hyper::service::service_fn(move |req| {
+                    handle(Arc::clone(&inner), Arc::clone(&conn), req)
+                });
+                let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    // Asks every connection to finish (HTTP/1.1: no more keep-alive; HTTP/2: GOAWAY).
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!(?DRAIN_TIMEOUT, "connections still open after the drain timeout");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
