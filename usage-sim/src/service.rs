@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,72 +28,20 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
-use super::conn::{Conn, SimIo};
-use super::control;
-use super::cursor::{fingerprint, Fingerprint};
-use super::faults::{fault_code, plan, FaultPlan};
-use super::misbehave;
-use super::options::{CursorMode, RateScope};
-use super::page::{render_tag, render_usage, tag_rows, tag_rows_bound, Selection};
-use super::query::{self, FilterKeys, Strictness, UsageQuery};
-use super::ratelimit::Decision;
-use super::stats::{Endpoint, LoggedAuth, Observation};
-use super::{Inner, Simulator};
-
-pub(crate) use super::body::Body;
-
-const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
-
-/// A JSON response with the headers every simulator response carries.
-pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
-    let len = body.len();
-    json_head(status, Body::whole(body), len)
-}
-
-/// `json_response` for a body that is not sent whole; `len` is the announced length.
-pub(crate) fn json_head(status: StatusCode, body: Body, len: usize) -> Response<Body> {
-    let mut res = Response::new(body);
-    *res.status_mut() = status;
-    res.headers_mut().insert(CONTENT_TYPE, JSON);
-    res.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(len));
-    res
-}
-
-/// `{"error":"<code>"}`; the catalogue's codes come from static storage.
-pub(crate) fn error_body(code: &'static str) -> Bytes {
-    macro_rules! known {
-        ($($c:literal),*) => {
-            match code {
-                $($c => Bytes::from_static(concat!("{\"error\":\"", $c, "\"}").as_bytes()),)*
-                other => Bytes::from(format!("{{\"error\":\"{other}\"}}")),
-            }
-        };
-    }
-    known!(
-        "limit_invalid",
-        "offset_invalid",
-        "group_invalid",
-        "filter_invalid",
-        "parameter_invalid",
-        "next_page_invalid",
-        "unauthorized",
-        "sim_not_found",
-        "tag_not_found",
-        "not_found",
-        "method_not_allowed",
-        "rate_limit_exceeded",
-        "internal_error",
-        "bad_gateway",
-        "service_unavailable",
-        "gateway_timeout"
-    )
-}
-
-pub(crate) fn error_response(status: StatusCode, code: &'static str) -> Response<Body> {
-    json_response(status, error_body(code))
-}
+use crate::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
+use crate::body::Body;
+use crate::conn::{Conn, SimIo};
+use crate::control;
+use crate::cursor::{fingerprint, Fingerprint};
+use crate::faults::{fault_code, plan, FaultPlan};
+use crate::misbehave;
+use crate::options::{CursorMode, RateScope};
+use crate::page::{render_tag, render_usage, tag_rows, tag_rows_bound, Selection};
+use crate::query::{self, FilterKeys, Strictness, UsageQuery};
+use crate::ratelimit::Decision;
+use crate::response::{error_response, json_response};
+use crate::simulator::{Inner, Simulator};
+use crate::stats::{Endpoint, LoggedAuth, Observation};
 
 /// A failure with its status and catalogue code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -463,13 +411,5 @@ mod tests {
         for (path, want) in rows {
             assert_eq!(route(path), want, "path {path}");
         }
-    }
-
-    #[test]
-    fn catalogue_bodies_are_static_and_well_formed() {
-        let body = error_body("rate_limit_exceeded");
-        assert_eq!(&body[..], br#"{"error":"rate_limit_exceeded"}"#);
-        let v: serde_json::Value = serde_json::from_slice(&error_body("x_y")).expect("json");
-        assert_eq!(v["error"], "x_y");
     }
 }
