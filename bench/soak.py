@@ -2,7 +2,7 @@
 """Load driver and report for the soak test (bench/soak.sh): Python 3 standard library only.
 
     soak.py tags --seed 1 --tags 8
-        prints the simulator's tag ids (its data is a pure function of the seed; src/sim/data.rs)
+        prints the simulator's tag ids (its data is a pure function of the seed; usage-sim/src/data.rs)
     soak.py run --gateway-port P --admin-port A --sim-port S --gateway-pid PID ...
         drives the gateway for --duration seconds while switching the simulator's faults, samples
         the gateway's RSS and open descriptors, prints the Markdown report on stdout and exits 1
@@ -23,7 +23,7 @@ import threading
 import time
 
 # ------------------------------------------------------------------------------------------------
-# the simulator's deterministic tag ids (port of rnd / tag_uuid in src/sim/data.rs)
+# the simulator's deterministic tag ids (port of rnd in usage-sim/src/random.rs and tag_uuid in usage-sim/src/data.rs)
 
 M64 = (1 << 64) - 1
 

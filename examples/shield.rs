@@ -21,8 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use usage_gateway::sim::{self, SimOptions, Simulator};
 use usage_gateway::Config;
+use usage_sim::{SimOptions, Simulator};
 
 const ORG_TOKEN: &str = "shield-org-token";
 const CALLERS: [&str; 6] = [
@@ -273,7 +273,7 @@ async fn main() {
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    tokio::spawn(sim::serve(
+    tokio::spawn(usage_sim::serve(
         simulator,
         sim_listener,
         until_stopped(stopped.clone()),

@@ -1,5 +1,6 @@
 //! `usage-gateway demo`: the simulator and the gateway in front of it, on loopback, with
-//! freshly generated keys, so a new user sees the whole thing work with one command.
+//! freshly generated keys, so a new user sees the whole thing work with one command. Built with
+//! the default `demo` feature only: a production build leaves the simulator out.
 
 use std::net::SocketAddr;
 
@@ -8,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::sim::{self, SimOptions, Simulator};
+use usage_sim::{SimOptions, Simulator};
 
 /// A running demo: the simulator on an ephemeral port and the gateway on `listen`.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub enum DemoError {
     #[error("cannot generate a key: {0}")]
     Random(getrandom::Error),
     #[error("the simulator could not start: {0}")]
-    Simulator(#[from] sim::SimError),
+    Simulator(#[from] usage_sim::SimError),
     #[error("the demo configuration is invalid: {0}")]
     Config(#[from] crate::config::ConfigError),
 }
@@ -97,7 +98,7 @@ impl Demo {
         let sim_task = tokio::spawn({
             let stopped = until_stopped(stopped.clone());
             async move {
-                if let Err(error) = sim::serve(simulator, sim_listener, stopped).await {
+                if let Err(error) = usage_sim::serve(simulator, sim_listener, stopped).await {
                     tracing::error!(%error, "the simulator stopped");
                 }
             }

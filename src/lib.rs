@@ -10,6 +10,7 @@ pub mod cache;
 pub mod caller;
 pub mod config;
 pub mod cors;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod discard;
 pub mod error;
@@ -24,7 +25,6 @@ pub mod ratelimit;
 pub mod reload;
 pub mod scope;
 pub mod server;
-pub mod sim;
 pub mod stack;
 pub mod sync;
 pub mod telemetry;

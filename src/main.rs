@@ -33,6 +33,8 @@ enum Command {
     /// Print a new random key and the `key_sha256` line that configures it.
     GenKey,
     /// Start the built-in upstream simulator and the gateway in front of it, on loopback.
+    // Without the `demo` feature the subcommand stays (hidden) to say so, rather than be unknown.
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -55,7 +57,12 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     Config::load(path.as_deref()).map_err(|error| {
         eprintln!("usage-gateway: {error}");
         if path.is_none() {
-            eprintln!("usage-gateway: no --config given; see config/gateway.example.toml, or try `usage-gateway demo`");
+            let demo = if cfg!(feature = "demo") {
+                ", or try `usage-gateway demo`"
+            } else {
+                ""
+            };
+            eprintln!("usage-gateway: no --config given; see config/gateway.example.toml{demo}");
         }
         ExitCode::from(EXIT_BAD_CONFIG)
     })
@@ -164,6 +171,7 @@ fn gen_key() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+#[cfg(feature = "demo")]
 fn demo(listen: SocketAddr) -> ExitCode {
     usage_gateway::telemetry::init_default();
     let runtime = match runtime(None) {
@@ -183,6 +191,15 @@ fn demo(listen: SocketAddr) -> ExitCode {
         demo.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(not(feature = "demo"))]
+fn demo(_listen: SocketAddr) -> ExitCode {
+    eprintln!(
+        "usage-gateway: this build has no demo: it was built without the `demo` feature \
+         (cargo's default features include it)"
+    );
+    ExitCode::FAILURE
 }
 
 /// Reloads the configuration file on every SIGHUP; an invalid file is refused and the

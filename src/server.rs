@@ -128,7 +128,7 @@ where
 }
 
 /// The accept loop itself: `connect` turns each accepted socket into the I/O and the hyper
-/// service its connection uses (the simulator wraps the socket to misbehave on it).
+/// service its connection uses.
 pub async fn serve_connections<C, IO, S, B>(
     listener: TcpListener,
     mut connect: C,

@@ -3,7 +3,7 @@
 
 mod support;
 
-use usage_gateway::sim::SimOptions;
+use usage_sim::SimOptions;
 
 use support::sim::{sim_json, small, start_sim, Sim};
 use support::{get, Gateway};
@@ -57,7 +57,7 @@ async fn walking_pages_through_the_gateway_yields_every_record_once() {
 #[tokio::test]
 async fn opaque_cursors_with_base64_punctuation_survive_the_gateway() {
     let sim = start_sim(SimOptions {
-        cursor_mode: usage_gateway::sim::CursorMode::Opaque,
+        cursor_mode: usage_sim::CursorMode::Opaque,
         ..small()
     })
     .await;

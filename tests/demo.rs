@@ -1,4 +1,5 @@
 //! `usage-gateway demo`: the README's first command works end to end.
+#![cfg(feature = "demo")] // the default; without it there is no demo to test
 
 use std::net::SocketAddr;
 

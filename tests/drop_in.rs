@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use usage_gateway::sim::{RateAlign, SimOptions};
+use usage_sim::{RateAlign, SimOptions};
 
 use support::raw::{url_search_params, RawAnswer, RawClient};
 use support::sim::{sim_json, small, start_sim, Sim};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 use tokio::sync::watch;
-use usage_gateway::sim::{serve, SimOptions, Simulator};
+use usage_sim::{serve, SimOptions, Simulator};
 
 use super::ORG_TOKEN;
 

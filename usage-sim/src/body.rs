@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
-use super::conn::Conn;
+use crate::conn::Conn;
 
 /// Why a cut body failed (hyper logs it; the client sees only the aborted connection).
 #[derive(Debug, thiserror::Error)]

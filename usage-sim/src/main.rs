@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use usage_gateway::sim::{serve, SimOptions, Simulator};
+use usage_sim::{serve, SimOptions, Simulator};
 
 /// Local simulator of the Onomondo usage API (see upstream-api.md §8).
 #[derive(Debug, Parser)]

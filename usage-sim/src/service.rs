@@ -9,10 +9,9 @@
 //! labelled `application/json; charset=utf-8` with an explicit `Content-Length` (only a
 //! misbehaving answer breaks either promise).
 //!
-//! `serve` is the gateway's accept loop (`crate::server`) with one addition: each connection's
-//! socket is a `conn::SimIo`, so a misbehaving body can wait for its bytes to be flushed and
-//! can make the connection's close a TCP reset. HTTP/1.1 and HTTP/2, `TCP_NODELAY`, graceful
-//! shutdown.
+//! `serve` is a small accept loop of its own: each connection's socket is a `conn::SimIo`, so a
+//! misbehaving body can wait for its bytes to be flushed and can make the connection's close a
+//! TCP reset. HTTP/1.1 and HTTP/2, `TCP_NODELAY`, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,77 +20,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 
-use super::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
-use super::conn::{Conn, SimIo};
-use super::control;
-use super::cursor::{fingerprint, Fingerprint};
-use super::faults::{fault_code, plan, FaultPlan};
-use super::misbehave;
-use super::options::{CursorMode, RateScope};
-use super::page::{render_tag, render_usage, tag_rows, tag_rows_bound, Selection};
-use super::query::{self, FilterKeys, Strictness, UsageQuery};
-use super::ratelimit::Decision;
-use super::stats::{Endpoint, LoggedAuth, Observation};
-use super::{Inner, Simulator};
-
-pub(crate) use super::body::Body;
-
-const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
-
-/// A JSON response with the headers every simulator response carries.
-pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
-    let len = body.len();
-    json_head(status, Body::whole(body), len)
-}
-
-/// `json_response` for a body that is not sent whole; `len` is the announced length.
-pub(crate) fn json_head(status: StatusCode, body: Body, len: usize) -> Response<Body> {
-    let mut res = Response::new(body);
-    *res.status_mut() = status;
-    res.headers_mut().insert(CONTENT_TYPE, JSON);
-    res.headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(len));
-    res
-}
-
-/// `{"error":"<code>"}`; the catalogue's codes come from static storage.
-pub(crate) fn error_body(code: &'static str) -> Bytes {
-    macro_rules! known {
-        ($($c:literal),*) => {
-            match code {
-                $($c => Bytes::from_static(concat!("{\"error\":\"", $c, "\"}").as_bytes()),)*
-                other => Bytes::from(format!("{{\"error\":\"{other}\"}}")),
-            }
-        };
-    }
-    known!(
-        "limit_invalid",
-        "offset_invalid",
-        "group_invalid",
-        "filter_invalid",
-        "parameter_invalid",
-        "next_page_invalid",
-        "unauthorized",
-        "sim_not_found",
-        "tag_not_found",
-        "not_found",
-        "method_not_allowed",
-        "rate_limit_exceeded",
-        "internal_error",
-        "bad_gateway",
-        "service_unavailable",
-        "gateway_timeout"
-    )
-}
-
-pub(crate) fn error_response(status: StatusCode, code: &'static str) -> Response<Body> {
-    json_response(status, error_body(code))
-}
+use crate::auth::{authenticate, ApiKey, AuthForm, AuthOutcome};
+use crate::body::Body;
+use crate::conn::{Conn, SimIo};
+use crate::control;
+use crate::cursor::{fingerprint, Fingerprint};
+use crate::faults::{fault_code, plan, FaultPlan};
+use crate::misbehave;
+use crate::options::{CursorMode, RateScope};
+use crate::page::{render_tag, render_usage, tag_rows, tag_rows_bound, Selection};
+use crate::query::{self, FilterKeys, Strictness, UsageQuery};
+use crate::ratelimit::Decision;
+use crate::response::{error_response, json_response};
+use crate::simulator::{Inner, Simulator};
+use crate::stats::{Endpoint, LoggedAuth, Observation};
 
 /// A failure with its status and catalogue code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,32 +332,64 @@ async fn handle(
 /// How long open connections may finish once the simulator stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the simulator on `listener` with the gateway's accept loop until `shutdown`
-/// completes, then drains open connections for up to `DRAIN_TIMEOUT`. Each socket is wrapped
-/// in a `SimIo` whose `Conn` the connection's requests share (to cut a body short or reset).
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Serves the simulator on `listener` until `shutdown` completes, then drains open connections
+/// for up to `DRAIN_TIMEOUT`. Each socket is wrapped in a `SimIo` whose `Conn` the connection's
+/// requests share (to cut a body short or reset).
+///
+/// Not the gateway's accept loop (`usage_gateway::server`): the simulator is its own crate and
+/// must not depend on the gateway it tests. So this one is minimal: no connection limits or
+/// per-connection timeouts beyond hyper's default HTTP/1.1 header-read timeout.
 pub async fn serve(
     sim: Simulator,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let inner = sim.inner;
-    let connect = move |stream: TcpStream, _peer| {
-        let conn = Arc::new(Conn::default());
-        let io = SimIo::new(stream, Arc::clone(&conn));
-        let inner = Arc::clone(&inner);
-        let service = hyper::service::service_fn(move |req| {
-            handle(Arc::clone(&inner), Arc::clone(&conn), req)
-        });
-        (io, service)
-    };
-    crate::server::serve_connections(
-        listener,
-        connect,
-        shutdown,
-        DRAIN_TIMEOUT,
-        crate::server::ConnectionLimits::default(),
-    )
-    .await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                // Small JSON answers: send them at once rather than wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                let conn = Arc::new(Conn::default());
+                let io = TokioIo::new(SimIo::new(stream, Arc::clone(&conn)));
+                let inner = Arc::clone(&inner);
+                let service = hyper::service::service_fn(move |req| {
+                    handle(Arc::clone(&inner), Arc::clone(&conn), req)
+                });
+                let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    // Asks every connection to finish (HTTP/1.1: no more keep-alive; HTTP/2: GOAWAY).
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!(?DRAIN_TIMEOUT, "connections still open after the drain timeout");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -429,13 +411,5 @@ mod tests {
         for (path, want) in rows {
             assert_eq!(route(path), want, "path {path}");
         }
-    }
-
-    #[test]
-    fn catalogue_bodies_are_static_and_well_formed() {
-        let body = error_body("rate_limit_exceeded");
-        assert_eq!(&body[..], br#"{"error":"rate_limit_exceeded"}"#);
-        let v: serde_json::Value = serde_json::from_slice(&error_body("x_y")).expect("json");
-        assert_eq!(v["error"], "x_y");
     }
 }

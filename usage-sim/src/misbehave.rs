@@ -31,10 +31,11 @@ use flate2::Compression;
 use http::header::{HeaderValue, CONTENT_ENCODING, LOCATION, VARY};
 use http::{Response, StatusCode, Version};
 
-use super::body::{Body, Ending};
-use super::conn::Conn;
-use super::faults::{Misbehave, Misbehavior};
-use super::service::{json_head, json_response};
+use crate::body::{Body, Ending};
+use crate::conn::Conn;
+use crate::faults::Misbehave;
+use crate::options::Misbehavior;
+use crate::response::{json_head, json_response};
 
 /// The body of a `not_json` answer.
 pub(crate) const NOT_JSON: &[u8] = b"<html><body>upstream maintenance</body></html>";

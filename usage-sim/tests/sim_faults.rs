@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use usage_gateway::sim::{serve, Misbehavior, SimOptions, Simulator};
+use usage_sim::{serve, Misbehavior, SimOptions, Simulator};
 
 const KEY: &str = "sim-key-all";
 /// A page of about 10 kB.

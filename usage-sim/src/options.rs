@@ -7,11 +7,10 @@
 //! naming existing tags, ranges) happen in `Simulator::new`, which reports them as `SimError`.
 
 use clap::{ArgAction, ValueEnum};
+use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::macros::datetime;
 use time::OffsetDateTime;
-
-use super::faults::Misbehavior;
 
 /// Which `Authorization` forms are accepted (§8.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +61,61 @@ pub enum CursorMode {
     /// base64 of an HMAC-signed token bound to the query; always contains `+`, `/` and `=`.
     /// The default: real usage cursors are general base64 ending in `==` (§4.3).
     Opaque,
+}
+
+/// How an answer that would be a 200 goes wrong (`--misbehavior`); see `crate::misbehave`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Misbehavior {
+    /// Answer normally.
+    None,
+    /// Announce the full length, send half, then reset the connection.
+    ResetMidBody,
+    /// Announce the full length, send half, then close the connection.
+    ShortBody,
+    /// An HTML page labelled `application/json`.
+    NotJson,
+    /// The answer padded to at least `--oversized-bytes`.
+    Oversized,
+    /// The answer in 10 chunks, `--trickle-ms` apart.
+    Trickle,
+    /// `302` to `/usage?redirected=1`.
+    Redirect,
+    /// The answer gzip-compressed whatever the request accepts.
+    Gzip,
+}
+
+impl Misbehavior {
+    /// Every mode, `None` first.
+    pub const ALL: [Misbehavior; 8] = [
+        Misbehavior::None,
+        Misbehavior::ResetMidBody,
+        Misbehavior::ShortBody,
+        Misbehavior::NotJson,
+        Misbehavior::Oversized,
+        Misbehavior::Trickle,
+        Misbehavior::Redirect,
+        Misbehavior::Gzip,
+    ];
+
+    /// The name used by the flag, the JSON and the stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            Misbehavior::None => "none",
+            Misbehavior::ResetMidBody => "reset_mid_body",
+            Misbehavior::ShortBody => "short_body",
+            Misbehavior::NotJson => "not_json",
+            Misbehavior::Oversized => "oversized",
+            Misbehavior::Trickle => "trickle",
+            Misbehavior::Redirect => "redirect",
+            Misbehavior::Gzip => "gzip",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Misbehavior> {
+        Misbehavior::ALL.into_iter().find(|m| m.name() == name)
+    }
 }
 
 pub(crate) const DEFAULT_START: OffsetDateTime = datetime!(2024-01-01 0:00 UTC);

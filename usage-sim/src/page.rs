@@ -13,11 +13,11 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use super::auth::Scope;
-use super::calendar::{write_iso_ms, write_plain_secs, MS_PER_HOUR};
-use super::data::{country_index, Data, View, COUNTRIES};
-use super::options::RecordShape;
-use super::query::Filters;
+use crate::auth::Scope;
+use crate::calendar::{write_iso_ms, write_plain_secs, MS_PER_HOUR};
+use crate::data::{country_index, Data, View, COUNTRIES};
+use crate::options::RecordShape;
+use crate::query::Filters;
 
 /// A set of country indices as a bitmask; `None` means every country.
 pub(crate) type CountryMask = Option<u16>;
@@ -406,8 +406,8 @@ fn derived_row(s: &mut String, time_ms: i64, bytes: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::data::GenParams;
-    use crate::sim::query::Period;
+    use crate::data::GenParams;
+    use crate::query::Period;
 
     fn data() -> Data {
         Data::generate(&GenParams {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::data::{rnd, unit};
+use crate::options::Misbehavior;
+use crate::random::{rnd, unit};
 
 /// Statuses an injected failure may use, with their catalogue codes (§8.8).
 pub(crate) fn fault_code(status: u16) -> Option<&'static str> {
@@ -20,61 +21,6 @@ pub(crate) fn fault_code(status: u16) -> Option<&'static str> {
         503 => Some("service_unavailable"),
         504 => Some("gateway_timeout"),
         _ => None,
-    }
-}
-
-/// How an answer that would be a 200 goes wrong (`--misbehavior`); see `super::misbehave`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum Misbehavior {
-    /// Answer normally.
-    None,
-    /// Announce the full length, send half, then reset the connection.
-    ResetMidBody,
-    /// Announce the full length, send half, then close the connection.
-    ShortBody,
-    /// An HTML page labelled `application/json`.
-    NotJson,
-    /// The answer padded to at least `--oversized-bytes`.
-    Oversized,
-    /// The answer in 10 chunks, `--trickle-ms` apart.
-    Trickle,
-    /// `302` to `/usage?redirected=1`.
-    Redirect,
-    /// The answer gzip-compressed whatever the request accepts.
-    Gzip,
-}
-
-impl Misbehavior {
-    /// Every mode, `None` first.
-    pub const ALL: [Misbehavior; 8] = [
-        Misbehavior::None,
-        Misbehavior::ResetMidBody,
-        Misbehavior::ShortBody,
-        Misbehavior::NotJson,
-        Misbehavior::Oversized,
-        Misbehavior::Trickle,
-        Misbehavior::Redirect,
-        Misbehavior::Gzip,
-    ];
-
-    /// The name used by the flag, the JSON and the stats.
-    pub fn name(self) -> &'static str {
-        match self {
-            Misbehavior::None => "none",
-            Misbehavior::ResetMidBody => "reset_mid_body",
-            Misbehavior::ShortBody => "short_body",
-            Misbehavior::NotJson => "not_json",
-            Misbehavior::Oversized => "oversized",
-            Misbehavior::Trickle => "trickle",
-            Misbehavior::Redirect => "redirect",
-            Misbehavior::Gzip => "gzip",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Misbehavior> {
-        Misbehavior::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 

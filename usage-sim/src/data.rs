@@ -20,8 +20,9 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use super::calendar::{write_iso_ms, write_plain_secs, MS_PER_HOUR};
-use super::options::RecordShape;
+use crate::calendar::{write_iso_ms, write_plain_secs, MS_PER_HOUR};
+use crate::options::RecordShape;
+use crate::random::{rnd, unit};
 
 /// One row of the fixed country and network table.
 #[derive(Debug)]
@@ -121,38 +122,6 @@ pub(crate) fn country_index(code: [u8; 2]) -> Option<u8> {
         .iter()
         .position(|c| c.code.as_bytes() == code)
         .and_then(|i| u8::try_from(i).ok())
-}
-
-pub(crate) fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// FNV-1a 64 over the label bytes, then each int as 8 little-endian bytes.
-pub(crate) fn fnv1a64(label: &str, ints: &[u64]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let mut h = OFFSET;
-    let bytes = label
-        .bytes()
-        .chain(ints.iter().flat_map(|i| i.to_le_bytes()));
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(PRIME);
-    }
-    h
-}
-
-/// `rnd(label, ints...)` for one seed.
-pub(crate) fn rnd(seed: u64, label: &str, ints: &[u64]) -> u64 {
-    splitmix64(seed ^ fnv1a64(label, ints))
-}
-
-/// Maps a 64-bit draw to `[0, 1)` (the top 53 bits, so every value is exact in an f64).
-pub(crate) fn unit(x: u64) -> f64 {
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A generated SIM.
@@ -577,14 +546,6 @@ mod tests {
             activity: 0.5,
             shape: RecordShape::Onomondo,
         }
-    }
-
-    #[test]
-    fn the_hash_is_fnv1a_and_fixed() {
-        // FNV-1a 64 of the empty input is the offset basis; of "a" the published vector.
-        assert_eq!(fnv1a64("", &[]), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64("a", &[]), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
     }
 
     #[test]

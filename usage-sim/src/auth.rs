@@ -8,7 +8,7 @@
 use http::HeaderValue;
 use subtle::ConstantTimeEq;
 
-use super::options::AuthMode;
+use crate::options::AuthMode;
 
 /// How a request presented its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,8 +17,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::options::CursorMode;
-use super::query::Filters;
+use crate::options::CursorMode;
+use crate::query::Filters;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -22,11 +22,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
-use super::calendar::iso_ms;
-use super::faults::FaultUpdate;
-use super::options::parse_time;
-use super::service::{error_response, json_response, Body};
-use super::Inner;
+use crate::body::Body;
+use crate::calendar::iso_ms;
+use crate::faults::FaultUpdate;
+use crate::options::{parse_time, RateScope};
+use crate::response::{error_response, json_response};
+use crate::simulator::Inner;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -69,9 +70,9 @@ fn stats(inner: &Inner) -> Value {
     let now = inner.clock.now_ms();
     let mut out: Map<String, Value> = inner.stats.counters_json();
     let scope = match inner.options.rate_scope {
-        super::RateScope::Key => "key",
-        super::RateScope::Org => "org",
-        super::RateScope::Off => "off",
+        RateScope::Key => "key",
+        RateScope::Org => "org",
+        RateScope::Off => "off",
     };
     let buckets: Map<String, Value> = inner
         .limiter

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::options::RateAlign;
+use crate::options::RateAlign;
 
 /// One bucket's current window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
-use super::calendar::{days_in_month, ms_from_civil};
+use crate::calendar::{days_in_month, ms_from_civil};
 
 const MS_PER_DAY: i64 = 86_400_000;
 pub(crate) const MAX_LIMIT: u32 = 1000;

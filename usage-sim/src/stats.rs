@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use http::Method;
 use serde_json::{json, Map, Value};
 
-use super::faults::Misbehavior;
+use crate::options::Misbehavior;
 
 pub(crate) const LOG_CAPACITY: usize = 1000;
 

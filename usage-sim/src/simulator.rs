@@ -1,50 +1,18 @@
-//! `usage-sim`: a deterministic local stand-in for the Usage part of `api.onomondo.com`
-//! (specification: `upstream-api.md` §8).
-//!
-//! Guarantees: the same `SimOptions` give byte-identical responses to the same requests; all
-//! data is generated and serialized once in `Simulator::new`, so serving is lookups and
-//! copies; every response, errors included, is JSON with a correct `Content-Length` unless a
-//! misbehavior (`--misbehavior`) is switched on; every upstream behaviour the spec marks as a
-//! guess is a switch in `SimOptions`.
-//!
-//! Layout: `options` (CLI), `data` (generator and views), `query` (parameter parsing), `cursor`
-//! (`next_page`), `page` (selection and rendering), `auth`, `ratelimit`, `faults`, `clock`,
-//! `stats`, `control` (`/__sim/*`), `misbehave` (the misbehaving answers of `--misbehavior`),
-//! `body` (whole, trickled and cut-short bodies), `conn` (the per-connection handle cut-short
-//! bodies use), `service` (hyper handler and `serve`).
-
-mod auth;
-mod body;
-mod calendar;
-mod clock;
-mod conn;
-mod control;
-mod cursor;
-mod data;
-mod faults;
-mod misbehave;
-mod options;
-mod page;
-mod query;
-mod ratelimit;
-mod service;
-mod stats;
+//! `Simulator`: the options checked and the whole data set built once, shared behind an `Arc`
+//! by every request (`Inner` is what a handler reads).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-pub use faults::Misbehavior;
-pub use options::{AuthMode, CursorMode, RateAlign, RateScope, RecordShape, SimOptions};
-pub use service::serve;
-
-use auth::{parse_key_spec, ApiKey, Scope};
-use calendar::MS_PER_HOUR;
-use clock::Clock;
-use cursor::Cursors;
-use data::{Data, GenParams};
-use faults::{FaultState, Faults, MAX_OVERSIZED_BYTES};
-use ratelimit::{Limiter, RateConfig};
-use stats::Stats;
+use crate::auth::{parse_key_spec, ApiKey, Scope};
+use crate::calendar::MS_PER_HOUR;
+use crate::clock::Clock;
+use crate::cursor::Cursors;
+use crate::data::{Data, GenParams};
+use crate::faults::{FaultState, Faults, MAX_OVERSIZED_BYTES};
+use crate::options::{RateScope, SimOptions};
+use crate::ratelimit::{Limiter, RateConfig};
+use crate::stats::Stats;
 
 /// Why a `SimOptions` cannot become a `Simulator`.
 #[derive(Debug, thiserror::Error)]
@@ -85,23 +53,23 @@ pub enum SimError {
 
 /// Everything a request handler reads; built once, shared behind an `Arc`.
 pub(crate) struct Inner {
-    options: SimOptions,
-    data: Data,
-    keys: Vec<ApiKey>,
+    pub(crate) options: SimOptions,
+    pub(crate) data: Data,
+    pub(crate) keys: Vec<ApiKey>,
     /// `None` with `--rate-scope off`.
-    limiter: Option<Limiter>,
-    stats: Stats,
-    clock: Clock,
-    faults: Faults,
-    cursors: Cursors,
+    pub(crate) limiter: Option<Limiter>,
+    pub(crate) stats: Stats,
+    pub(crate) clock: Clock,
+    pub(crate) faults: Faults,
+    pub(crate) cursors: Cursors,
     /// API requests seen since start or reset; numbers jitter and fault draws.
-    counter: AtomicU64,
+    pub(crate) counter: AtomicU64,
 }
 
 /// A ready-to-serve simulator. Cheap to clone: the data set is shared.
 #[derive(Clone)]
 pub struct Simulator {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -268,6 +236,7 @@ impl Simulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options;
 
     fn small() -> SimOptions {
         SimOptions {

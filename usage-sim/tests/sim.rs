@@ -15,7 +15,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use usage_gateway::sim::{
+use usage_sim::{
     serve, AuthMode, CursorMode, RateAlign, RateScope, RecordShape, SimOptions, Simulator,
 };
 
