@@ -105,7 +105,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+    type Future = WithAllowance<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -114,18 +114,42 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let slot = CallerSlot::default();
         request.extensions_mut().insert(slot.clone());
-        let future = self.inner.call(request);
-        let upstreams = self.upstreams.clone();
-        Box::pin(async move {
-            let mut response = future.await?;
-            if let Some(caller) = slot.get() {
-                let now = Instant::now();
-                if let Some(allowance) = allowance(caller, &upstreams, now) {
-                    write_headers(response.headers_mut(), &allowance, now, SystemTime::now());
-                }
+        WithAllowance {
+            inner: self.inner.call(request),
+            slot,
+            upstreams: self.upstreams.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner answer, with the caller's allowance written on it as it leaves (a named
+    /// future: no allocation per request).
+    #[derive(Debug)]
+    pub struct WithAllowance<F> {
+        #[pin]
+        inner: F,
+        slot: CallerSlot,
+        upstreams: Upstreams,
+    }
+}
+
+impl<F, ResBody, E> Future for WithAllowance<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(caller) = this.slot.get() {
+            let now = Instant::now();
+            if let Some(allowance) = allowance(caller, this.upstreams, now) {
+                write_headers(response.headers_mut(), &allowance, now, SystemTime::now());
             }
-            Ok(response)
-        })
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

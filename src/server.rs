@@ -17,7 +17,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 use tower::Service;
@@ -119,32 +117,6 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let connect = move |stream: TcpStream, peer: SocketAddr| {
-        // Who is at the other end travels with each request (auth counts failures by it).
-        let service = AddExtension::new(service.clone(), ClientAddr(peer));
-        (stream, TowerToHyperService::new(service))
-    };
-    serve_connections(listener, connect, shutdown, grace, limits).await
-}
-
-/// The accept loop itself: `connect` turns each accepted socket into the I/O and the hyper
-/// service its connection uses.
-pub async fn serve_connections<C, IO, S, B>(
-    listener: TcpListener,
-    mut connect: C,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    limits: ConnectionLimits,
-) -> std::io::Result<()>
-where
-    C: FnMut(TcpStream, SocketAddr) -> (IO, S),
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -192,8 +164,12 @@ where
                 let open = OpenConnection::new(&limits.metrics);
                 // Small JSON answers: send them at once rather than wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                let (io, service) = connect(stream, peer);
-                let mut io = TimeoutStream::new(io);
+                // Who is at the other end travels with each request (auth counts failures by it).
+                let service = TowerToHyperService::new(AddExtension::new(
+                    service.clone(),
+                    ClientAddr(peer),
+                ));
+                let mut io = TimeoutStream::new(stream);
                 io.set_write_timeout(Some(limits.send_timeout));
                 let activity = Arc::new(Activity::new(limits.max_requests_per_connection));
                 let service = Tracked {

@@ -38,6 +38,15 @@ fn serving(config: &std::path::Path) -> (KillOnDrop, std::sync::mpsc::Receiver<S
     (child, lines)
 }
 
+/// `usage-gateway check --config <config>`, run to its end.
+fn check(config: &std::path::Path) -> std::process::Output {
+    gateway()
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("runs")
+}
+
 fn gateway() -> Command {
     let mut command = Command::new(BIN);
     // The developer's environment must not change what these tests see.
@@ -52,11 +61,7 @@ fn gateway() -> Command {
 #[test]
 fn check_accepts_a_valid_config_and_prints_no_secret() {
     let path = temp_config("valid.toml", VALID);
-    let output = gateway()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let output = check(&path);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("billing"), "{stdout}");
@@ -69,11 +74,7 @@ fn check_names_every_bad_key_and_exits_1() {
         "invalid.toml",
         "[upstream]\nauth_scheme = \"basic\"\ntoken = \"cli-secret-token\"\n[[callers]]\nname = \"x\"\nkey = \"k\"\n",
     );
-    let output = gateway()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let output = check(&path);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("auth_scheme"), "{stderr}");
@@ -290,11 +291,7 @@ fn userinfo_in_the_base_url_is_shown_by_neither_check_nor_the_startup_line() {
         )
     };
     let path = temp_config("userinfo.toml", &text("127.0.0.1:0"));
-    let output = gateway()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let output = check(&path);
     let shown = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -339,11 +336,7 @@ fn check_refuses_a_plaintext_upstream_off_this_machine_unless_allowed() {
     ];
     for (index, (base_url, extra, accepted)) in rows.into_iter().enumerate() {
         let path = temp_config(&format!("plaintext-{index}.toml"), &config(base_url, extra));
-        let output = gateway()
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .expect("runs");
+        let output = check(&path);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.success(), accepted, "{base_url}: {stderr}");
         if !accepted {
@@ -365,11 +358,7 @@ fn check_refuses_a_token_that_is_not_visible_ascii_and_says_so() {
                 token.replace('\t', "\\t")
             ),
         );
-        let output = gateway()
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .expect("runs");
+        let output = check(&path);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{token:?}: {stderr}");
         assert!(
