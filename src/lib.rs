@@ -4,6 +4,7 @@
 //! identical concurrent misses into one upstream call, and sends misses upstream with the
 //! organization's token. See `stack.rs` for the request's way through.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cache;
@@ -14,12 +15,14 @@ pub mod cors;
 pub mod demo;
 pub mod discard;
 pub mod error;
+pub mod facts;
 pub mod gate;
 pub mod limits;
 pub mod lockout;
 pub mod metrics;
 pub mod normalize;
 pub mod observe;
+pub mod outcome;
 pub mod query;
 pub mod ratelimit;
 pub mod reload;

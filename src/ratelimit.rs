@@ -12,10 +12,11 @@
 //!   as well as answers; a request refused before its key was accepted carries none.
 //!
 //! It sits outside the error boundary so that error answers are covered too; auth tells it
-//! who asked through a [`CallerSlot`] it places in the request.
+//! who asked through the request's [`RequestFacts`].
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +24,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
-use crate::caller::{Caller, CallerSlot};
+use crate::caller::Caller;
+use crate::facts::RequestFacts;
 use crate::upstream::Upstreams;
 use crate::window::Allowance;
 
@@ -112,11 +114,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let slot = CallerSlot::default();
-        request.extensions_mut().insert(slot.clone());
+        let facts = RequestFacts::attach(request.extensions_mut());
         WithAllowance {
             inner: self.inner.call(request),
-            slot,
+            facts,
             upstreams: self.upstreams.clone(),
         }
     }
@@ -129,7 +130,7 @@ pin_project_lite::pin_project! {
     pub struct WithAllowance<F> {
         #[pin]
         inner: F,
-        slot: CallerSlot,
+        facts: Arc<RequestFacts>,
         upstreams: Upstreams,
     }
 }
@@ -143,7 +144,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(caller) = this.slot.get() {
+        if let Some(caller) = this.facts.caller() {
             let now = Instant::now();
             if let Some(allowance) = allowance(caller, this.upstreams, now) {
                 write_headers(response.headers_mut(), &allowance, now, SystemTime::now());

@@ -67,6 +67,7 @@ where
     let callers = Callers::new(
         &config.callers,
         profiles.iter().map(|p| p.name.clone()).collect(),
+        metrics.clone(),
     )
     .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
     let failures = Arc::new(AuthFailures::new(

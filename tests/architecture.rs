@@ -7,8 +7,16 @@ use std::path::Path;
 
 /// The layers, lowest first; keep in step with docs/ARCHITECTURE.md.
 const LAYERS: &[&[&str]] = &[
-    &["error", "window", "sync", "metrics", "query"],
-    &["caller"],
+    &[
+        "error",
+        "window",
+        "sync",
+        "metrics",
+        "query",
+        "outcome",
+        "access_log",
+    ],
+    &["caller", "facts"],
     &["config"],
     &[
         "gate",

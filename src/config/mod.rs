@@ -181,6 +181,8 @@ pub struct LogConfig {
     pub format: Option<LogFormat>,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub level: String,
+    /// One access line per request (when the level lets info lines through).
+    pub access: bool,
 }
 
 /// One upstream credential: its token, how it is sent, and its own budget.

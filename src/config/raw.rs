@@ -150,6 +150,7 @@ pub(super) struct RawAdmin {
 pub(super) struct RawLog {
     pub(super) format: Option<LogFormat>,
     pub(super) level: Option<String>,
+    pub(super) access: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]

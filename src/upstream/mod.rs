@@ -34,11 +34,11 @@ use tower::Service;
 
 use self::breaker::{Breaker, Outcome};
 use self::budget::Budget;
-use crate::caller::Admitted;
+use crate::caller::{Admitted, Caller};
 use crate::config::{AuthScheme, ProfileConfig, UpstreamConfig};
 use crate::error::{GatewayError, ResponseBody};
-use crate::metrics::Metrics;
-use crate::observe::RequestFacts;
+use crate::facts::RequestFacts;
+use crate::metrics::{CallerId, Metrics};
 use crate::query::UsageQuery;
 
 pub use self::client::{classify, https_client, kept_headers, retry_after, HttpsClient, Verdict};
@@ -188,7 +188,7 @@ impl Upstream {
         query: UsageQuery,
         wait: bool,
         facts: Option<Arc<RequestFacts>>,
-        caller: Option<Arc<str>>,
+        caller: Option<Caller>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let started = Instant::now();
         let mut deadline = if wait {
@@ -212,7 +212,7 @@ impl Upstream {
             }
         };
         if let Some(facts) = facts {
-            facts.add_upstream_ms(started.elapsed().as_millis() as u64);
+            facts.add_upstream(started.elapsed());
         }
         result
     }
@@ -222,7 +222,7 @@ impl Upstream {
         &self,
         query: &UsageQuery,
         deadline: Instant,
-        caller: Option<&Arc<str>>,
+        caller: Option<&Caller>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let shield = &self.shield;
         let admitted =
@@ -262,6 +262,10 @@ impl Upstream {
                 (Err(GatewayError::UpstreamTimeout(self.timeout)), "timeout")
             }
         };
+        let caller = caller.map(|caller| CallerId {
+            name: &caller.name,
+            index: caller.index,
+        });
         self.metrics
             .record_upstream(&self.profile, status, caller, sent.elapsed());
         result
@@ -330,11 +334,11 @@ impl Service<Admitted> for Upstreams {
                 "a caller names a credential profile that does not exist",
             ))));
         };
-        let facts = RequestFacts::of(request.extensions());
+        let facts = RequestFacts::of(request.extensions()).cloned();
         Box::pin(
             upstream
                 .clone()
-                .fetch(query, !background, facts, Some(caller.name)),
+                .fetch(query, !background, facts, Some(caller)),
         )
     }
 }
