@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod breaker;
 pub mod cache;
 pub mod caller;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod scope;
 pub mod server;
+pub mod shared;
 pub mod stack;
 pub mod sync;
 pub mod telemetry;
