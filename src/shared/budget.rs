@@ -67,6 +67,8 @@ pub struct Grant {
     seq: u64,
     /// The one call allowed while the budget's state is unknown.
     pub probe: bool,
+    /// When it was taken, in Redis's clock (ms since the Unix epoch).
+    pub at_ms: u64,
 }
 
 /// Why no call may go out now.
@@ -184,7 +186,7 @@ impl SharedBudget {
         let reply = reply.map_err(|unavailable| Denied::Unavailable {
             retry_after: unavailable.retry_after(self.redis.cooldown()),
         })?;
-        let (granted, reason, wait, remaining, reset_in, seq, epoch, probe, q_left, q_reset, _) =
+        let (granted, reason, wait, remaining, reset_in, seq, epoch, probe, q_left, q_reset, at) =
             reply;
         let now = Instant::now();
         let budget = Allowance {
@@ -214,6 +216,7 @@ impl SharedBudget {
             epoch: epoch.into(),
             seq: u64::try_from(seq).unwrap_or(0),
             probe: probe == 1,
+            at_ms: u64::try_from(at).unwrap_or(0),
         })
     }
 
