@@ -95,6 +95,11 @@ impl CallerPolicy {
             .map_err(|free_at| free_at.saturating_duration_since(now))
     }
 
+    /// The caller's quota of upstream calls per minute; `None` without one.
+    pub fn quota_per_minute(&self) -> Option<u32> {
+        self.quota.as_ref().map(|(limit, _)| *limit)
+    }
+
     /// What is left of this caller's quota at `now`; `None` without a quota.
     pub fn quota_allowance(&self, now: Instant) -> Option<Allowance> {
         let (_, quota) = self.quota.as_ref()?;

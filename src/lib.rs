@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod breaker;
 pub mod cache;
 pub mod caller;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod scope;
 pub mod server;
+pub mod shared;
 pub mod stack;
 pub mod sync;
 pub mod telemetry;

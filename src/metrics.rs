@@ -229,6 +229,8 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// Panics the error boundary caught (each answered 500 `internal_error`).
     pub panics: Counter,
+    /// The shared tier's Redis: up or down, and what its commands cost.
+    pub redis: RedisMetrics,
     totals: Totals,
     callers: CallerTable,
     route_cache: [[OnceLock<RouteCacheHandles>; OUTCOME_SLOTS]; ROUTE_SLOTS],
@@ -345,8 +347,10 @@ impl Metrics {
             "Error answers, by error code",
             errors.clone(),
         );
+        let redis = RedisMetrics::register(&mut registry);
         Self {
             registry,
+            redis,
             requests,
             request_duration,
             upstream_requests,
@@ -593,6 +597,75 @@ impl Metrics {
 
     pub fn history(&self) -> Vec<(Instant, Sample)> {
         lock(&self.history).iter().copied().collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CommandFailureLabels {
+    command: &'static str,
+    reason: &'static str,
+}
+
+/// The shared tier's Redis, as `[shared]` uses it: whether it answers, how long its commands
+/// take, and why they fail. Registered (and zero) even without `[shared]`, so dashboards need
+/// no special case.
+#[derive(Debug, Clone)]
+pub struct RedisMetrics {
+    up: Gauge,
+    durations: Family<CommandLabels, Histogram>,
+    failures: Family<CommandFailureLabels, Counter>,
+}
+
+impl RedisMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            up: Gauge::default(),
+            durations: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            failures: Family::default(),
+        };
+        registry.register(
+            "usage_gateway_redis_up",
+            "1 while the shared tier's Redis answers; 0 while it does not (upstream misses are then refused or served stale)",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "usage_gateway_redis_command_duration_seconds",
+            "Time of Redis commands that completed, by command",
+            metrics.durations.clone(),
+        );
+        registry.register(
+            "usage_gateway_redis_failures",
+            "Redis commands that failed, by command and reason (timeout, error, breaker_open)",
+            metrics.failures.clone(),
+        );
+        metrics
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.get() == 1
+    }
+
+    /// One command that completed (whatever Redis answered) in `duration`.
+    pub fn record(&self, command: &'static str, duration: Duration) {
+        self.durations
+            .get_or_create(&CommandLabels { command })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// One command that did not complete: `reason` is `timeout`, `error` or `breaker_open`.
+    pub fn failed(&self, command: &'static str, reason: &'static str) {
+        self.failures
+            .get_or_create(&CommandFailureLabels { command, reason })
+            .inc();
     }
 }
 

@@ -36,10 +36,15 @@ pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-
 /// What `caller` can still spend upstream at `now`: its quota (if it has one) and its
 /// profile's budget, whichever leaves less.
 pub fn allowance(caller: &Caller, upstreams: &Upstreams, now: Instant) -> Option<Allowance> {
-    let budget = upstreams
-        .budget(caller.policy.profile)
-        .map(|budget| budget.allowance(now));
-    match (caller.policy.quota_allowance(now), budget) {
+    let profile = upstreams.budget(caller.policy.profile);
+    let budget = profile.map(|budget| budget.allowance(now));
+    // A shared budget's last take also said what is left of the caller's quota everywhere.
+    let quota = caller.policy.quota_allowance(now).map(|local| {
+        profile
+            .and_then(|budget| budget.quota_allowance(&caller.name, now))
+            .unwrap_or(local)
+    });
+    match (quota, budget) {
         (Some(quota), Some(budget)) => Some(quota.tighter(budget)),
         (quota, budget) => quota.or(budget),
     }
