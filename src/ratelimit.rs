@@ -231,7 +231,10 @@ mod tests {
                 reset: now,
             };
             write_headers(&mut headers, &allowance, now, UNIX_EPOCH);
-            assert_eq!(headers[&X_RATELIMIT_REMAINING], remaining.to_string().as_str());
+            assert_eq!(
+                headers[&X_RATELIMIT_REMAINING],
+                remaining.to_string().as_str()
+            );
             assert_eq!(headers[&X_RATELIMIT_LIMIT], "5");
         }
     }
