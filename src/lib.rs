@@ -15,6 +15,7 @@ pub mod demo;
 pub mod discard;
 pub mod error;
 pub mod gate;
+pub mod gzip;
 pub mod limits;
 pub mod lockout;
 pub mod metrics;

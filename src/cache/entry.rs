@@ -5,22 +5,24 @@
 //! can plant an entry that another question would read (cache poisoning), and two upstream
 //! tokens never share an entry. Bodies are `Bytes`: serving a hit copies no body bytes.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AGE, CONTENT_TYPE};
+use http::header::{HeaderValue, AGE, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
 
+use super::negotiate::Coding;
 use super::status::{CacheStatus, CACHE_STATUS};
 use crate::config::Secret;
-use crate::error::ResponseBody;
+use crate::error::{GatewayError, ResponseBody};
+use crate::gzip;
 
 /// Fixed bookkeeping per entry (key, Arc, moka's node), counted so that many tiny entries
 /// cannot exceed `cache.max_bytes` by their overhead alone.
-const ENTRY_OVERHEAD: usize = 256;
+pub(super) const ENTRY_OVERHEAD: usize = 256;
 
 /// Identifies an upstream credential without holding it: the first 8 bytes of its SHA-256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,18 +61,100 @@ impl CacheKey {
 pub struct CachedResponse {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
-    pub body: Bytes,
     pub stored_at: Instant,
     /// How long it is fresh after `stored_at` (chosen by `policy::ttl_for`).
     pub fresh_for: Duration,
+    forms: Forms,
+}
+
+/// The forms of one body that are held. At least one is: `identity` is set whenever `gzip`
+/// is `None`.
+#[derive(Debug, Clone)]
+struct Forms {
+    /// The body gzip-encoded, when that is smaller than the body itself.
+    gzip: Option<Bytes>,
+    /// The body itself: kept from the fill when the caller that started it wanted it, else
+    /// decoded from `gzip` on the first read that needs it and kept from then on, so identity
+    /// readers pay one decode per entry, not one per hit.
+    identity: OnceLock<Bytes>,
 }
 
 impl CachedResponse {
+    /// An answer held only as its body (`plain`), uncompressed.
+    pub fn plain(
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        plain: Bytes,
+        stored_at: Instant,
+        fresh_for: Duration,
+    ) -> Self {
+        Self {
+            status,
+            content_type,
+            stored_at,
+            fresh_for,
+            forms: Forms {
+                gzip: None,
+                identity: OnceLock::from(plain),
+            },
+        }
+    }
+
+    /// Adds the gzip form, and keeps `plain` only if `keep_plain`. A gzip form that is not
+    /// smaller than the body is not worth a header and a decode: then only the body is held.
+    pub fn with_gzip(mut self, gzip: Bytes, keep_plain: bool) -> Self {
+        let plain_len = self.forms.identity.get().map_or(usize::MAX, Bytes::len);
+        if gzip.len() >= plain_len {
+            return self;
+        }
+        if !keep_plain {
+            self.forms.identity = OnceLock::new();
+        }
+        self.forms.gzip = Some(gzip);
+        self
+    }
+
+    /// Whether the gzip form is held.
+    pub fn has_gzip(&self) -> bool {
+        self.forms.gzip.is_some()
+    }
+
+    /// Whether the body itself is held (not only its gzip form).
+    pub fn has_identity(&self) -> bool {
+        self.forms.identity.get().is_some()
+    }
+
+    /// Bytes held for the body, in every form held.
+    pub fn stored_len(&self) -> usize {
+        self.forms.gzip.as_ref().map_or(0, Bytes::len)
+            + self.forms.identity.get().map_or(0, Bytes::len)
+    }
+
+    /// Makes sure the body itself is held, decoding the gzip form once if it is not.
+    /// `Ok(true)` when this call decoded it: the entry grew, and its weight must be taken again.
+    pub fn ensure_identity(&self) -> Result<bool, GatewayError> {
+        if self.has_identity() {
+            return Ok(false);
+        }
+        let gzip = self
+            .forms
+            .gzip
+            .as_ref()
+            .ok_or(GatewayError::Internal("a cached answer holds no body"))?;
+        // It was validated (or made) at fill time, within the upstream body bound. Concurrent
+        // first readers may each decode; one result is kept and the entry never holds a
+        // half-made form.
+        let plain = gzip::decode(gzip, crate::config::MAX_UPSTREAM_BODY_BYTES)
+            .map_err(|_| GatewayError::Internal("a stored gzip body did not decode"))?;
+        Ok(self.forms.identity.set(plain).is_ok())
+    }
+
     /// The same answer in buffers of its own. What hyper reads arrives as slices of the
     /// connection's read buffer: a stored slice would keep that whole buffer (up to hundreds
     /// of KiB) alive for the entry's lifetime while the weigher counts only the slice, so
     /// `cache.max_bytes` would not bound memory. Stored entries hold exactly what is weighed.
     pub fn detached(self) -> Self {
+        let copy = |bytes: &Bytes| Bytes::copy_from_slice(bytes);
         Self {
             content_type: self.content_type.map(|value| {
                 match HeaderValue::from_bytes(value.as_bytes()) {
@@ -79,14 +163,22 @@ impl CachedResponse {
                     Err(_) => value,
                 }
             }),
-            body: Bytes::copy_from_slice(&self.body),
+            forms: Forms {
+                gzip: self.forms.gzip.as_ref().map(copy),
+                identity: match self.forms.identity.get() {
+                    Some(identity) => OnceLock::from(copy(identity)),
+                    None => OnceLock::new(),
+                },
+            },
             ..self
         }
     }
 
-    /// moka's weigher: body and key bytes plus a fixed overhead, saturating at `u32::MAX`.
+    /// moka's weigher: every stored form of the body, the key and a fixed overhead,
+    /// saturating at `u32::MAX`. moka weighs at insert: an entry that grows (its body decoded
+    /// for an identity reader) is inserted again to be weighed again.
     pub fn weight(key: &CacheKey, value: &Arc<CachedResponse>) -> u32 {
-        let bytes = value.body.len() + key.target.len() + ENTRY_OVERHEAD;
+        let bytes = value.stored_len() + key.target.len() + ENTRY_OVERHEAD;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 
@@ -94,13 +186,39 @@ impl CachedResponse {
         self.stored_at + self.fresh_for
     }
 
-    /// The response for one caller; `Age` (RFC 9111 §5.1) accompanies answers served from storage.
-    pub fn to_response(&self, status: CacheStatus, now: Instant) -> Response<ResponseBody> {
-        let mut response = Response::new(Full::new(self.body.clone()));
+    /// The response for one caller, in `coding` if that form is held (identity otherwise; call
+    /// [`Self::ensure_identity`] first for an identity reader of a gzip-only entry). `Age`
+    /// (RFC 9111 §5.1) accompanies answers served from storage. A 200's form depends on the
+    /// caller's `Accept-Encoding`, so every 200 says `Vary: Accept-Encoding` (RFC 9110 §12.5.5),
+    /// also in identity, so no cache downstream hands one caller's form to another.
+    pub fn to_response(
+        &self,
+        status: CacheStatus,
+        now: Instant,
+        coding: Coding,
+    ) -> Response<ResponseBody> {
+        let gzip = match coding {
+            Coding::Gzip => self.forms.gzip.as_ref(),
+            Coding::Identity => None,
+        };
+        let body = match (gzip, self.forms.identity.get()) {
+            (Some(gzip), _) => gzip.clone(),
+            (None, Some(identity)) => identity.clone(),
+            // Only when `ensure_identity` was skipped; never a wrong body.
+            (None, None) => Bytes::new(),
+        };
+        // hyper writes `Content-Length` from the body's exact size.
+        let mut response = Response::new(Full::new(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         if let Some(content_type) = &self.content_type {
             headers.insert(CONTENT_TYPE, content_type.clone());
+        }
+        if self.status == StatusCode::OK {
+            headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        if gzip.is_some() {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         if status.from_storage() {
             let age = now.saturating_duration_since(self.stored_at).as_secs();
@@ -121,8 +239,11 @@ pub struct EntryExpiry {
 }
 
 impl EntryExpiry {
-    fn lifetime(&self, value: &CachedResponse) -> Duration {
-        value.fresh_for + self.settings.load().stale.keep()
+    /// From `now` until `stored_at + fresh_for + keep`: measured from when the answer was
+    /// fetched, so inserting an entry again (weighed again after it grew, or purged soft)
+    /// never extends its life.
+    fn lifetime(&self, value: &CachedResponse, now: Instant) -> Duration {
+        (value.fresh_until() + self.settings.load().stale.keep()).saturating_duration_since(now)
     }
 }
 
@@ -131,19 +252,19 @@ impl moka::Expiry<CacheKey, Arc<CachedResponse>> for EntryExpiry {
         &self,
         _key: &CacheKey,
         value: &Arc<CachedResponse>,
-        _created_at: Instant,
+        created_at: Instant,
     ) -> Option<Duration> {
-        Some(self.lifetime(value))
+        Some(self.lifetime(value, created_at))
     }
 
     fn expire_after_update(
         &self,
         _key: &CacheKey,
         value: &Arc<CachedResponse>,
-        _updated_at: Instant,
+        updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(self.lifetime(value))
+        Some(self.lifetime(value, updated_at))
     }
 }
 
@@ -161,40 +282,92 @@ mod tests {
         assert_eq!(a, a_again);
     }
 
+    fn answer(body: Bytes) -> CachedResponse {
+        CachedResponse::plain(
+            StatusCode::OK,
+            None,
+            body,
+            Instant::now(),
+            Duration::from_secs(60),
+        )
+    }
+
     #[test]
     fn a_detached_answer_shares_no_buffer_with_what_it_was_read_from() {
         let read_buffer = Bytes::from(vec![b'x'; 64 * 1024]);
-        let answer = CachedResponse {
-            status: StatusCode::OK,
-            content_type: Some(
-                HeaderValue::from_maybe_shared(read_buffer.slice(0..16)).expect("valid"),
-            ),
-            body: read_buffer.slice(100..110),
-            stored_at: Instant::now(),
-            fresh_for: Duration::from_secs(60),
-        };
+        let mut answer = answer(read_buffer.slice(100..110))
+            .with_gzip(read_buffer.slice(200..205), true);
+        answer.content_type =
+            Some(HeaderValue::from_maybe_shared(read_buffer.slice(0..16)).expect("valid"));
         let detached = answer.clone().detached();
-        assert_eq!(detached.body, answer.body);
+        assert_eq!(detached.forms.identity.get(), answer.forms.identity.get());
+        assert_eq!(detached.forms.gzip, answer.forms.gzip);
         assert_eq!(detached.content_type, answer.content_type);
         let buffer = read_buffer.as_ptr_range();
-        assert!(!buffer.contains(&detached.body.as_ptr()));
+        let identity = detached.forms.identity.get().expect("kept");
+        assert!(!buffer.contains(&identity.as_ptr()));
+        let gzip = detached.forms.gzip.as_ref().expect("kept");
+        assert!(!buffer.contains(&gzip.as_ptr()));
         let content_type = detached.content_type.as_ref().expect("kept");
         assert!(!buffer.contains(&content_type.as_bytes().as_ptr()));
     }
 
     #[test]
-    fn weight_counts_body_key_and_overhead() {
+    fn weight_counts_every_stored_form_key_and_overhead() {
         let key = CacheKey::new(CredentialId::of(&Secret::new("t")), "/usage".into());
-        let value = Arc::new(CachedResponse {
-            status: StatusCode::OK,
-            content_type: None,
-            body: Bytes::from(vec![0u8; 1000]),
-            stored_at: Instant::now(),
-            fresh_for: Duration::from_secs(60),
-        });
-        assert_eq!(
-            CachedResponse::weight(&key, &value) as usize,
-            1000 + "/usage".len() + ENTRY_OVERHEAD
-        );
+        let overhead = "/usage".len() + ENTRY_OVERHEAD;
+        let plain = Bytes::from(vec![b' '; 1000]);
+        let gzip = gzip::compress(&plain, gzip::STORE_LEVEL);
+        let weight = |entry: &CachedResponse| {
+            CachedResponse::weight(&key, &Arc::new(entry.clone())) as usize
+        };
+        let only_plain = answer(plain.clone());
+        assert_eq!(weight(&only_plain), 1000 + overhead);
+        let both = answer(plain.clone()).with_gzip(gzip.clone(), true);
+        assert_eq!(weight(&both), 1000 + gzip.len() + overhead);
+        let only_gzip = answer(plain).with_gzip(gzip.clone(), false);
+        assert_eq!(weight(&only_gzip), gzip.len() + overhead);
+        assert!(only_gzip.ensure_identity().expect("decodes"), "decoded now");
+        assert!(!only_gzip.ensure_identity().expect("held"), "decoded once");
+        assert_eq!(weight(&only_gzip), 1000 + gzip.len() + overhead);
+    }
+
+    #[test]
+    fn a_gzip_form_no_smaller_than_the_body_is_not_kept() {
+        let plain = Bytes::from_static(b"{}");
+        let gzip = gzip::compress(&plain, gzip::STORE_LEVEL);
+        let entry = answer(plain.clone()).with_gzip(gzip, false);
+        assert!(!entry.has_gzip());
+        assert_eq!(entry.forms.identity.get(), Some(&plain), "kept whatever was asked");
+    }
+
+    fn body_of(response: Response<ResponseBody>) -> Bytes {
+        use http_body_util::BodyExt;
+        futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .expect("a full body is ready")
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_else(|never| match never {})
+    }
+
+    #[test]
+    fn each_form_is_served_with_its_headers() {
+        let plain = Bytes::from(vec![b'a'; 500]);
+        let gzip = gzip::compress(&plain, gzip::STORE_LEVEL);
+        let entry = answer(plain.clone()).with_gzip(gzip.clone(), false);
+        let status = CacheStatus::Hit { ttl_secs: 1 };
+        let zipped = entry.to_response(status, Instant::now(), Coding::Gzip);
+        assert_eq!(zipped.headers()[CONTENT_ENCODING], "gzip");
+        assert_eq!(zipped.headers()[VARY], "accept-encoding");
+        assert_eq!(body_of(zipped), gzip);
+        entry.ensure_identity().expect("decodes");
+        let identity = entry.to_response(status, Instant::now(), Coding::Identity);
+        assert!(!identity.headers().contains_key(CONTENT_ENCODING));
+        assert_eq!(identity.headers()[VARY], "accept-encoding");
+        assert_eq!(body_of(identity), plain);
+        let mut refused = answer(Bytes::from_static(b"{\"error\":\"sim_not_found\"}"));
+        refused.status = StatusCode::NOT_FOUND;
+        let refused = refused.to_response(status, Instant::now(), Coding::Gzip);
+        assert!(!refused.headers().contains_key(VARY), "not a stored kind");
+        assert!(!refused.headers().contains_key(CONTENT_ENCODING));
     }
 }
