@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The layers, lowest first; keep in step with docs/ARCHITECTURE.md.
 const LAYERS: &[&[&str]] = &[
-    &["error", "window", "sync", "metrics", "query"],
+    &["error", "window", "sync", "metrics", "query", "gzip"],
     &["caller"],
     &["config"],
     &[
