@@ -5,7 +5,7 @@
 //! can plant an entry that another question would read (cache poisoning), and two upstream
 //! tokens never share an entry. Bodies are `Bytes`: serving a hit copies no body bytes.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use http::header::{HeaderValue, AGE, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
 
 use super::negotiate::Coding;
 use super::status::{CacheStatus, CACHE_STATUS};
@@ -67,20 +68,25 @@ pub struct CachedResponse {
     forms: Forms,
 }
 
-/// The forms of one body that are held. At least one is: `identity` is set whenever `gzip`
-/// is `None`.
+/// The forms of one body. Each is made at most once per entry, when a caller first needs it
+/// (or at fill time, when the caller that started the fill needs it), and kept; at least one
+/// is always held.
 #[derive(Debug, Clone)]
 struct Forms {
-    /// The body gzip-encoded, when that is smaller than the body itself.
-    gzip: Option<Bytes>,
-    /// The body itself: kept from the fill when the caller that started it wanted it, else
-    /// decoded from `gzip` on the first read that needs it and kept from then on, so identity
-    /// readers pay one decode per entry, not one per hit.
-    identity: OnceLock<Bytes>,
+    /// The body gzip-encoded: unset until made (from `identity`), `None` when it may not be
+    /// made (not smaller than the body, or an answer that is not stored and came uncompressed).
+    gzip: OnceCell<Option<Bytes>>,
+    /// The body itself: unset until decoded from `gzip`.
+    identity: OnceCell<Bytes>,
 }
 
+/// Bodies larger than this are compressed or decoded on the blocking pool: a large answer's
+/// gzip at the store level takes milliseconds, which must not hold up the hits sharing its
+/// worker thread.
+const INLINE_CODING_BYTES: usize = 32 * 1024;
+
 impl CachedResponse {
-    /// An answer held only as its body (`plain`), uncompressed.
+    /// An answer held as its body (`plain`); its gzip form is made when first wanted.
     pub fn plain(
         status: StatusCode,
         content_type: Option<HeaderValue>,
@@ -88,35 +94,65 @@ impl CachedResponse {
         stored_at: Instant,
         fresh_for: Duration,
     ) -> Self {
+        // Only 200s are compressed: errors stay plain JSON.
+        let gzip = if status == StatusCode::OK {
+            OnceCell::new()
+        } else {
+            OnceCell::new_with(Some(None))
+        };
         Self {
             status,
             content_type,
             stored_at,
             fresh_for,
             forms: Forms {
-                gzip: None,
-                identity: OnceLock::from(plain),
+                gzip,
+                identity: OnceCell::new_with(Some(plain)),
             },
         }
     }
 
-    /// Adds the gzip form, and keeps `plain` only if `keep_plain`. A gzip form that is not
-    /// smaller than the body is not worth a header and a decode: then only the body is held.
+    /// Holds `gzip` (the upstream's bytes as sent) as the gzip form, and the body itself only
+    /// if `keep_plain`. A gzip form that is not smaller than the body is not worth a header and
+    /// a decode: then only the body is held.
     pub fn with_gzip(mut self, gzip: Bytes, keep_plain: bool) -> Self {
         let plain_len = self.forms.identity.get().map_or(usize::MAX, Bytes::len);
         if gzip.len() >= plain_len {
+            self.forms.gzip = OnceCell::new_with(Some(None));
             return self;
         }
         if !keep_plain {
-            self.forms.identity = OnceLock::new();
+            self.forms.identity = OnceCell::new();
         }
-        self.forms.gzip = Some(gzip);
+        self.forms.gzip = OnceCell::new_with(Some(Some(gzip)));
         self
+    }
+
+    /// The same answer without the body itself, when its gzip form is held (else unchanged).
+    pub fn without_identity(mut self) -> Self {
+        if self.has_gzip() {
+            self.forms.identity = OnceCell::new();
+        }
+        self
+    }
+
+    /// The same answer, never to be compressed here (an answer served once and not stored:
+    /// compressing it would cost more than it saves).
+    pub fn uncompressed(mut self) -> Self {
+        if self.forms.gzip.get().is_none() {
+            self.forms.gzip = OnceCell::new_with(Some(None));
+        }
+        self
+    }
+
+    /// Whether a gzip form is held or may be made.
+    pub fn offers_gzip(&self) -> bool {
+        !matches!(self.forms.gzip.get(), Some(None))
     }
 
     /// Whether the gzip form is held.
     pub fn has_gzip(&self) -> bool {
-        self.forms.gzip.is_some()
+        matches!(self.forms.gzip.get(), Some(Some(_)))
     }
 
     /// Whether the body itself is held (not only its gzip form).
@@ -126,27 +162,54 @@ impl CachedResponse {
 
     /// Bytes held for the body, in every form held.
     pub fn stored_len(&self) -> usize {
-        self.forms.gzip.as_ref().map_or(0, Bytes::len)
-            + self.forms.identity.get().map_or(0, Bytes::len)
+        let gzip = match self.forms.gzip.get() {
+            Some(Some(gzip)) => gzip.len(),
+            _ => 0,
+        };
+        gzip + self.forms.identity.get().map_or(0, Bytes::len)
     }
 
-    /// Makes sure the body itself is held, decoding the gzip form once if it is not.
-    /// `Ok(true)` when this call decoded it: the entry grew, and its weight must be taken again.
-    pub fn ensure_identity(&self) -> Result<bool, GatewayError> {
-        if self.has_identity() {
-            return Ok(false);
+    /// Makes sure the form `wanted` is held if it can be (making it once), and says which form
+    /// to serve: gzip falls back to identity when no gzip form may be made. `grew` is true when
+    /// this call made a form: the entry holds more, and must be weighed again.
+    pub async fn prepare(&self, wanted: Coding) -> Result<Prepared, GatewayError> {
+        if wanted == Coding::Gzip {
+            let mut made = false;
+            let gzip = self
+                .forms
+                .gzip
+                .get_or_init(|| {
+                    made = true;
+                    let plain = self.forms.identity.get().cloned();
+                    async move { compress(plain?).await }
+                })
+                .await;
+            if gzip.is_some() {
+                return Ok(Prepared {
+                    coding: Coding::Gzip,
+                    grew: made,
+                });
+            }
         }
-        let gzip = self
-            .forms
-            .gzip
-            .as_ref()
-            .ok_or(GatewayError::Internal("a cached answer holds no body"))?;
-        // It was validated (or made) at fill time, within the upstream body bound. Concurrent
-        // first readers may each decode; one result is kept and the entry never holds a
-        // half-made form.
-        let plain = gzip::decode(gzip, crate::config::MAX_UPSTREAM_BODY_BYTES)
-            .map_err(|_| GatewayError::Internal("a stored gzip body did not decode"))?;
-        Ok(self.forms.identity.set(plain).is_ok())
+        let mut made = false;
+        self.forms
+            .identity
+            .get_or_try_init(|| {
+                made = true;
+                let gzip = match self.forms.gzip.get() {
+                    Some(Some(gzip)) => Some(gzip.clone()),
+                    _ => None,
+                };
+                async move {
+                    decode(gzip.ok_or(GatewayError::Internal("a cached answer holds no body"))?)
+                        .await
+                }
+            })
+            .await?;
+        Ok(Prepared {
+            coding: Coding::Identity,
+            grew: made,
+        })
     }
 
     /// The same answer in buffers of its own. What hyper reads arrives as slices of the
@@ -164,11 +227,8 @@ impl CachedResponse {
                 }
             }),
             forms: Forms {
-                gzip: self.forms.gzip.as_ref().map(copy),
-                identity: match self.forms.identity.get() {
-                    Some(identity) => OnceLock::from(copy(identity)),
-                    None => OnceLock::new(),
-                },
+                gzip: OnceCell::new_with(self.forms.gzip.get().map(|gzip| gzip.as_ref().map(copy))),
+                identity: OnceCell::new_with(self.forms.identity.get().map(copy)),
             },
             ..self
         }
@@ -186,8 +246,8 @@ impl CachedResponse {
         self.stored_at + self.fresh_for
     }
 
-    /// The response for one caller, in `coding` if that form is held (identity otherwise; call
-    /// [`Self::ensure_identity`] first for an identity reader of a gzip-only entry). `Age`
+    /// The response for one caller, in `coding` if that form is held (call [`Self::prepare`]
+    /// first, and pass the coding it chose). `Age`
     /// (RFC 9111 §5.1) accompanies answers served from storage. A 200's form depends on the
     /// caller's `Accept-Encoding`, so every 200 says `Vary: Accept-Encoding` (RFC 9110 §12.5.5),
     /// also in identity, so no cache downstream hands one caller's form to another.
@@ -197,14 +257,14 @@ impl CachedResponse {
         now: Instant,
         coding: Coding,
     ) -> Response<ResponseBody> {
-        let gzip = match coding {
-            Coding::Gzip => self.forms.gzip.as_ref(),
-            Coding::Identity => None,
+        let gzip = match (coding, self.forms.gzip.get()) {
+            (Coding::Gzip, Some(Some(gzip))) => Some(gzip),
+            _ => None,
         };
         let body = match (gzip, self.forms.identity.get()) {
             (Some(gzip), _) => gzip.clone(),
             (None, Some(identity)) => identity.clone(),
-            // Only when `ensure_identity` was skipped; never a wrong body.
+            // Only when `prepare` was skipped; never a wrong body.
             (None, None) => Bytes::new(),
         };
         // hyper writes `Content-Length` from the body's exact size.
@@ -228,6 +288,44 @@ impl CachedResponse {
         response.extensions_mut().insert(status);
         response
     }
+}
+
+/// What [`CachedResponse::prepare`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    /// The form to serve.
+    pub coding: Coding,
+    /// A form was made: the entry holds more than when it was weighed.
+    pub grew: bool,
+}
+
+/// `plain` compressed at the store level, or `None` if the compressing thread failed (the
+/// answer is then held uncompressed). `None` too when it is not smaller: see `with_gzip`.
+async fn compress(plain: Bytes) -> Option<Bytes> {
+    let gzip = if plain.len() <= INLINE_CODING_BYTES {
+        gzip::compress(&plain, gzip::STORE_LEVEL)
+    } else {
+        let body = plain.clone();
+        tokio::task::spawn_blocking(move || gzip::compress(&body, gzip::STORE_LEVEL))
+            .await
+            .ok()?
+    };
+    (gzip.len() < plain.len()).then_some(gzip)
+}
+
+/// The body of a stored gzip form: it was validated (or made) at fill time, within the
+/// upstream body bound, so this fails only on a broken invariant.
+async fn decode(gzip: Bytes) -> Result<Bytes, GatewayError> {
+    const BROKEN: GatewayError = GatewayError::Internal("a stored gzip body did not decode");
+    let limit = crate::config::MAX_UPSTREAM_BODY_BYTES;
+    // gzip shrinks usage JSON about tenfold: judge the decoded size by the encoded one.
+    if gzip.len() <= INLINE_CODING_BYTES / 8 {
+        return gzip::decode(&gzip, limit).map_err(|_| BROKEN);
+    }
+    tokio::task::spawn_blocking(move || gzip::decode(&gzip, limit))
+        .await
+        .map_err(|_| BROKEN)?
+        .map_err(|_| BROKEN)
 }
 
 /// moka's per-entry lifetime: each entry lives its own freshness plus the stale windows (as
@@ -301,19 +399,21 @@ mod tests {
             Some(HeaderValue::from_maybe_shared(read_buffer.slice(0..16)).expect("valid"));
         let detached = answer.clone().detached();
         assert_eq!(detached.forms.identity.get(), answer.forms.identity.get());
-        assert_eq!(detached.forms.gzip, answer.forms.gzip);
+        assert_eq!(detached.forms.gzip.get(), answer.forms.gzip.get());
         assert_eq!(detached.content_type, answer.content_type);
         let buffer = read_buffer.as_ptr_range();
         let identity = detached.forms.identity.get().expect("kept");
         assert!(!buffer.contains(&identity.as_ptr()));
-        let gzip = detached.forms.gzip.as_ref().expect("kept");
+        let Some(Some(gzip)) = detached.forms.gzip.get() else {
+            panic!("the gzip form was kept");
+        };
         assert!(!buffer.contains(&gzip.as_ptr()));
         let content_type = detached.content_type.as_ref().expect("kept");
         assert!(!buffer.contains(&content_type.as_bytes().as_ptr()));
     }
 
-    #[test]
-    fn weight_counts_every_stored_form_key_and_overhead() {
+    #[tokio::test]
+    async fn weight_counts_every_form_held_key_and_overhead() {
         let key = CacheKey::new(CredentialId::of(&Secret::new("t")), "/usage".into());
         let overhead = "/usage".len() + ENTRY_OVERHEAD;
         let plain = Bytes::from(vec![b' '; 1000]);
@@ -325,20 +425,59 @@ mod tests {
         assert_eq!(weight(&only_plain), 1000 + overhead);
         let both = answer(plain.clone()).with_gzip(gzip.clone(), true);
         assert_eq!(weight(&both), 1000 + gzip.len() + overhead);
-        let only_gzip = answer(plain).with_gzip(gzip.clone(), false);
+        let only_gzip = answer(plain.clone()).with_gzip(gzip.clone(), false);
         assert_eq!(weight(&only_gzip), gzip.len() + overhead);
-        assert!(only_gzip.ensure_identity().expect("decodes"), "decoded now");
-        assert!(!only_gzip.ensure_identity().expect("held"), "decoded once");
+        // Each missing form is made once, by its first reader, and then counted.
+        let identity = Prepared {
+            coding: Coding::Identity,
+            grew: true,
+        };
+        assert_eq!(only_gzip.prepare(Coding::Identity).await.expect("prepares"), identity);
+        let held = Prepared {
+            grew: false,
+            ..identity
+        };
+        assert_eq!(only_gzip.prepare(Coding::Identity).await.expect("prepares"), held);
         assert_eq!(weight(&only_gzip), 1000 + gzip.len() + overhead);
+        let made = Prepared {
+            coding: Coding::Gzip,
+            grew: true,
+        };
+        assert_eq!(only_plain.prepare(Coding::Gzip).await.expect("prepares"), made);
+        assert_eq!(weight(&only_plain), 1000 + gzip.len() + overhead);
     }
 
-    #[test]
-    fn a_gzip_form_no_smaller_than_the_body_is_not_kept() {
+    #[tokio::test]
+    async fn a_gzip_form_no_smaller_than_the_body_is_not_kept() {
         let plain = Bytes::from_static(b"{}");
         let gzip = gzip::compress(&plain, gzip::STORE_LEVEL);
         let entry = answer(plain.clone()).with_gzip(gzip, false);
-        assert!(!entry.has_gzip());
+        assert!(!entry.offers_gzip());
         assert_eq!(entry.forms.identity.get(), Some(&plain), "kept whatever was asked");
+        let made_here = answer(plain.clone());
+        assert!(made_here.offers_gzip(), "until it is tried");
+        let identity = Prepared {
+            coding: Coding::Identity,
+            grew: false,
+        };
+        assert_eq!(made_here.prepare(Coding::Gzip).await.expect("prepares"), identity);
+        assert!(!made_here.offers_gzip());
+    }
+
+    #[test]
+    fn only_200s_and_stored_answers_are_compressed_here() {
+        let refused = CachedResponse::plain(
+            StatusCode::NOT_FOUND,
+            None,
+            Bytes::from(vec![b' '; 1000]),
+            Instant::now(),
+            Duration::from_secs(60),
+        );
+        assert!(!refused.offers_gzip());
+        assert!(answer(Bytes::from(vec![b' '; 1000])).offers_gzip());
+        assert!(!answer(Bytes::from(vec![b' '; 1000]))
+            .uncompressed()
+            .offers_gzip());
     }
 
     fn body_of(response: Response<ResponseBody>) -> Bytes {
@@ -349,8 +488,8 @@ mod tests {
             .unwrap_or_else(|never| match never {})
     }
 
-    #[test]
-    fn each_form_is_served_with_its_headers() {
+    #[tokio::test]
+    async fn each_form_is_served_with_its_headers() {
         let plain = Bytes::from(vec![b'a'; 500]);
         let gzip = gzip::compress(&plain, gzip::STORE_LEVEL);
         let entry = answer(plain.clone()).with_gzip(gzip.clone(), false);
@@ -359,7 +498,7 @@ mod tests {
         assert_eq!(zipped.headers()[CONTENT_ENCODING], "gzip");
         assert_eq!(zipped.headers()[VARY], "accept-encoding");
         assert_eq!(body_of(zipped), gzip);
-        entry.ensure_identity().expect("decodes");
+        entry.prepare(Coding::Identity).await.expect("decodes");
         let identity = entry.to_response(status, Instant::now(), Coding::Identity);
         assert!(!identity.headers().contains_key(CONTENT_ENCODING));
         assert_eq!(identity.headers()[VARY], "accept-encoding");

@@ -19,9 +19,10 @@
 //! - a caller's upstream quota is charged only when its request starts a fill or a
 //!   background refresh; with the quota spent, a stale answer is served without a refresh;
 //! - hits never wait and never spend budget; memory is bounded by `cache.max_bytes`;
-//! - each caller gets the form its `Accept-Encoding` prefers (`negotiate.rs`): entries hold
-//!   their body gzip-compressed (as the upstream sent it, or compressed once at fill time), and
-//!   the body itself only once an identity reader needs it; the weigher counts what is held.
+//! - each caller gets the form its `Accept-Encoding` prefers (`negotiate.rs`); an entry holds
+//!   the forms its callers read (gzip as the upstream sent it, or compressed once; the body
+//!   itself as fetched, or decoded once), each made at most once, never per hit; the weigher
+//!   counts every form held (`entry.rs`).
 
 mod entry;
 mod flight;
@@ -36,7 +37,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::CONTENT_TYPE;
 use http::Response;
@@ -315,18 +315,24 @@ impl CacheLayer {
                 (Some(entry), Freshness::Revalidate { expired }) => {
                     let status = stale(expired, StaleReason::WhileRevalidate);
                     let response = self.serve(&key, entry, status, accept, now).await;
-                    // The refresh keeps the forms this entry holds now.
-                    let keep_identity = entry.has_identity();
-                    self.refresh_in_background(inner, key, request, keep_identity);
+                    // The refresh makes the forms this entry's readers have needed so far.
+                    let forms = Forms {
+                        identity: entry.has_identity(),
+                        gzip: entry.has_gzip(),
+                    };
+                    self.refresh_in_background(inner, key, request, forms);
                     return response;
                 }
                 _ => {}
             }
         }
-        // The body itself is kept beside its gzip form when the caller starting the fill reads
-        // it, or when the entry it replaces held it: identity readers then never decode.
-        let keep_identity = accept.choose(true) == Coding::Identity
-            || stored.as_ref().is_some_and(|entry| entry.has_identity());
+        // A fill makes the form its own caller reads, and those the entry it replaces held.
+        let wanted = accept.choose(true);
+        let forms = Forms {
+            identity: wanted == Coding::Identity
+                || stored.as_ref().is_some_and(|entry| entry.has_identity()),
+            gzip: wanted == Coding::Gzip || stored.as_ref().is_some_and(|entry| entry.has_gzip()),
+        };
 
         if let Some(facts) = facts {
             facts.set_cache("miss");
@@ -337,7 +343,7 @@ impl CacheLayer {
                 .policy
                 .charge_upstream_call()
                 .map_err(|retry_after| GatewayError::CallerQuotaExceeded { retry_after })?;
-            Ok(self.fill(inner, key.clone(), request, keep_identity))
+            Ok(self.fill(inner, key.clone(), request, forms))
         });
         let (fill, led) = match joined {
             Ok(Joined::Led(fill)) => (fill, true),
@@ -361,12 +367,9 @@ impl CacheLayer {
                         reason: *reason,
                         collapsed: !led,
                     };
-                    // Never stored, so never weighed: decoding it grows nothing counted.
-                    let coding = accept.choose(answer.has_gzip());
-                    if coding == Coding::Identity {
-                        answer.ensure_identity()?;
-                    }
-                    Ok(answer.to_response(status, now, coding))
+                    // Never stored, so never weighed: a form made grows nothing counted.
+                    let prepared = answer.prepare(accept.choose(answer.offers_gzip())).await?;
+                    Ok(answer.to_response(status, now, prepared.coding))
                 }
                 Unfilled::Failed(error) => {
                     self.stale_or(&key, stored.as_ref(), error.clone(), accept)
@@ -403,8 +406,9 @@ impl CacheLayer {
         self.serve(key, entry, status, accept, now).await
     }
 
-    /// A stored (or just filled) entry in the form `accept` prefers. An identity reader of an
-    /// entry held only gzip-compressed decodes it once; the entry, grown, is weighed again.
+    /// A stored (or just filled) entry in the form `accept` prefers. The first reader of a
+    /// form the entry does not hold yet makes it (decodes or compresses it, once); the entry,
+    /// grown, is weighed again.
     async fn serve(
         &self,
         key: &CacheKey,
@@ -413,11 +417,11 @@ impl CacheLayer {
         accept: Accept,
         now: Instant,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let coding = accept.choose(entry.has_gzip());
-        if coding == Coding::Identity && entry.ensure_identity()? {
+        let prepared = entry.prepare(accept.choose(entry.offers_gzip())).await?;
+        if prepared.grew {
             self.reweigh(key, entry).await;
         }
-        Ok(entry.to_response(status, now, coding))
+        Ok(entry.to_response(status, now, prepared.coding))
     }
 
     /// Inserts `grown` again so moka weighs what it holds now, unless a fill or a purge has
@@ -445,12 +449,12 @@ impl CacheLayer {
         inner: S,
         key: CacheKey,
         mut request: Admitted,
-        keep_identity: bool,
+        forms: Forms,
     ) {
         request.background = true;
         let started = self.flights.join_or_start::<Duration>(&key, || {
             request.caller.policy.charge_upstream_call()?;
-            Ok(self.fill(inner, key.clone(), request, keep_identity))
+            Ok(self.fill(inner, key.clone(), request, forms))
         });
         match started {
             Ok(Joined::Led(_)) => tracing::debug!(
@@ -471,7 +475,7 @@ impl CacheLayer {
         inner: S,
         key: CacheKey,
         request: Admitted,
-        keep_identity: bool,
+        forms: Forms,
     ) -> futures_util::future::BoxFuture<'static, FillResult> {
         let store = self.store.clone();
         let ttl_policy = self.settings.load().ttl;
@@ -479,7 +483,7 @@ impl CacheLayer {
         let fresh_for = policy::ttl_for(&request.query, OffsetDateTime::now_utc(), &ttl_policy);
         let span = tracing::Span::current();
         async move {
-            let result = fetch(inner, request, max_entry_bytes, fresh_for, keep_identity).await;
+            let result = fetch(inner, request, max_entry_bytes, fresh_for, forms).await;
             if let Ok(entry) = &result {
                 store.insert(key, entry.clone()).await;
             }
@@ -507,34 +511,27 @@ fn stale(expired: Duration, reason: StaleReason) -> CacheStatus {
     }
 }
 
-/// Bodies up to this size are compressed on the fill's own task; larger ones on the blocking
-/// pool, so a large answer's compression (milliseconds at the store level) never holds up the
-/// hits that share its worker thread.
-const COMPRESS_INLINE_BYTES: usize = 32 * 1024;
-
-/// `plain` compressed at the store level, or `None` if the compressing thread failed (the
-/// answer is then held uncompressed).
-async fn compress(plain: Bytes) -> Option<Bytes> {
-    if plain.len() <= COMPRESS_INLINE_BYTES {
-        return Some(gzip::compress(&plain, gzip::STORE_LEVEL));
-    }
-    tokio::task::spawn_blocking(move || gzip::compress(&plain, gzip::STORE_LEVEL))
-        .await
-        .ok()
+/// Which forms a fill makes for its entry.
+#[derive(Debug, Clone, Copy)]
+struct Forms {
+    /// Keep the body itself.
+    identity: bool,
+    /// Make the gzip form now (the upstream's, as sent, is kept whatever this says).
+    gzip: bool,
 }
 
 /// Fetches once upstream and decides whether the answer becomes an entry.
 ///
-/// A stored answer holds its gzip form (the upstream's own bytes when it sent gzip, else
-/// compressed here once) and, if `keep_identity`, the body itself too. An answer that is not
-/// stored is compressed only if the upstream compressed it: it is served once (to its fill's
-/// waiters), so compressing it would cost more than it saves.
+/// A stored answer holds the upstream's gzip bytes as sent, when it sent gzip, and the forms
+/// `forms` asks for (made now, so its caller and waiters never wait for them). An answer that
+/// is not stored is compressed only if the upstream compressed it: it is served once (to its
+/// fill's waiters), so compressing it would cost more than it saves.
 async fn fetch<S>(
     inner: S,
     request: Admitted,
     max_entry_bytes: usize,
     fresh_for: Duration,
-    keep_identity: bool,
+    forms: Forms,
 ) -> Result<Arc<CachedResponse>, Unfilled>
 where
     S: Service<Admitted, Response = Response<ResponseBody>, Error = GatewayError>,
@@ -561,20 +558,26 @@ where
     );
     match verdict {
         Ok(()) => {
-            let gzip = match as_sent {
-                Some(as_sent) => Some(as_sent),
-                None => compress(body).await,
-            };
-            let answer = match gzip {
-                Some(gzip) => answer.with_gzip(gzip, keep_identity),
-                None => answer,
+            let answer = match as_sent {
+                Some(as_sent) => answer.with_gzip(as_sent, forms.identity),
+                None => {
+                    if forms.gzip {
+                        // Made now; with the body itself kept only if asked for.
+                        answer.prepare(Coding::Gzip).await.map_err(Unfilled::Failed)?;
+                    }
+                    if forms.identity || !answer.has_gzip() {
+                        answer
+                    } else {
+                        answer.without_identity()
+                    }
+                }
             };
             Ok(Arc::new(answer.detached()))
         }
         Err(reason) => {
             let answer = match as_sent {
                 Some(as_sent) => answer.with_gzip(as_sent, true),
-                None => answer,
+                None => answer.uncompressed(),
             };
             Err(Unfilled::Bypass(answer, reason))
         }
@@ -585,6 +588,7 @@ where
 mod tests {
     use super::*;
     use crate::auth::Callers;
+    use bytes::Bytes;
     use crate::caller::Caller;
     use crate::config::{CallerConfig, Secret};
     use http::Request;
