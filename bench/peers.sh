@@ -13,7 +13,7 @@
 #   ROUNDS [5*]  DURATION [10s*]  MEMORY_ENTRIES [10000*]  MISS_REQUESTS [2000*]
 #   STAMPEDE_N [500]  STAMPEDE_LATENCY_MS [500]  SMALL_LIMIT [10]  LARGE_LIMIT [1000]
 #   SCENARIOS ["hits stampede miss memory gzip"]   CONTENDERS [all; space-separated names]
-#   GZIP_CONTENDERS ["usage-gateway nginx-gzip varnish-gzip"]  GZIP_LARGE_LIMIT [400]
+#   GZIP_CONTENDERS ["usage-gateway nginx-gzip varnish-gzip"]  GZIP_LARGE_LIMIT [280]
 #   MEMORY_CONTENDERS ["usage-gateway nginx-w1-sendfile-on varnish"]  FILL_PARALLEL [4]
 #   PORT_BASE [18100]  SKIP_INSTALL [0]  SKIP_BUILD [0]
 #   UPDATE_README [1 for a full run, 0 with QUICK=1]: refresh the results block of bench/README.md
@@ -46,7 +46,7 @@ CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
 # `beresp.do_gzip` (stored gzipped once, at Varnish's default level 6).
 GZIP_ONLY_CONTENDERS="nginx-gzip varnish-gzip"
 GZIP_CONTENDERS=${GZIP_CONTENDERS:-usage-gateway $GZIP_ONLY_CONTENDERS}
-GZIP_LARGE_LIMIT=${GZIP_LARGE_LIMIT:-400}
+GZIP_LARGE_LIMIT=${GZIP_LARGE_LIMIT:-280}  # about 76 KB
 MEMORY_CONTENDERS=${MEMORY_CONTENDERS:-usage-gateway nginx-w1-sendfile-on varnish}
 FILL_PARALLEL=${FILL_PARALLEL:-4}
 PORT_BASE=${PORT_BASE:-18100}

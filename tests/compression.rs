@@ -81,7 +81,10 @@ async fn a_gzip_caller_gets_gzip_bytes_that_decode_to_exactly_the_identity_body(
     for expected in ["fwd=miss; stored", "hit"] {
         let answer = fetch(&gateway, TARGET, Some("gzip")).await;
         assert_eq!(answer.status, 200);
-        assert!(answer.header("cache-status").unwrap_or("").contains(expected));
+        assert!(answer
+            .header("cache-status")
+            .unwrap_or("")
+            .contains(expected));
         assert_eq!(answer.header("content-encoding"), Some("gzip"));
         assert_eq!(answer.header("vary"), Some("accept-encoding"));
         assert_eq!(
@@ -197,7 +200,11 @@ async fn callers_of_one_fill_each_get_their_own_form() {
 async fn an_upstream_gzip_answer_is_kept_byte_for_byte_as_sent() {
     let sim = start_sim(small()).await;
     let plain = plain_from(&sim, TARGET).await;
-    set_faults(&sim, json!({ "misbehavior": "gzip", "misbehavior_rate": 1.0 })).await;
+    set_faults(
+        &sim,
+        json!({ "misbehavior": "gzip", "misbehavior_rate": 1.0 }),
+    )
+    .await;
     let sent = upstream_bytes(&sim, TARGET).await;
     assert_eq!(sent.header("content-encoding"), Some("gzip"));
     let gateway = gateway_for(&sim.base_url()).await;
@@ -322,7 +329,10 @@ async fn max_bytes_counts_the_compressed_bytes_held_so_more_answers_fit() {
     let gateway = Gateway::start(config).await;
     for target in &targets {
         let answer = fetch(&gateway, target, Some("gzip")).await;
-        assert!(answer.header("cache-status").unwrap_or("").contains("stored"));
+        assert!(answer
+            .header("cache-status")
+            .unwrap_or("")
+            .contains("stored"));
     }
     let held = cache_bytes(&gateway).await;
     assert!(
@@ -340,7 +350,11 @@ async fn max_bytes_counts_the_compressed_bytes_held_so_more_answers_fit() {
     let identity = fetch(&gateway, &targets[0], None).await;
     assert_eq!(identity.body.len(), plain_len);
     let grown = cache_bytes(&gateway).await;
-    assert_eq!(grown, held + plain_len as u64, "the decoded body is counted");
+    assert_eq!(
+        grown,
+        held + plain_len as u64,
+        "the decoded body is counted"
+    );
     gateway.stop().await;
 }
 
@@ -377,5 +391,31 @@ async fn a_stale_answer_comes_in_each_callers_form() {
         .ends_with("detail=stale-if-error"));
     assert_eq!(identity.header("content-encoding"), None);
     assert_eq!(identity.body, plain);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_filled_plain_gains_its_gzip_form_once_on_its_first_gzip_read() {
+    let sim = start_sim(small()).await;
+    let gateway = gateway_for(&sim.base_url()).await;
+    let plain = fetch(&gateway, TARGET, None).await;
+    assert!(plain
+        .header("cache-status")
+        .unwrap_or("")
+        .contains("stored"));
+    let plain_only = cache_bytes(&gateway).await;
+    let first = fetch(&gateway, TARGET, Some("gzip")).await;
+    assert!(first.header("cache-status").unwrap_or("").contains("hit"));
+    assert_eq!(first.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&first.body), plain.body);
+    let both = cache_bytes(&gateway).await;
+    assert_eq!(
+        both,
+        plain_only + first.body.len() as u64,
+        "the gzip form is counted"
+    );
+    let again = fetch(&gateway, TARGET, Some("gzip")).await;
+    assert_eq!(again.body, first.body, "made once, then served as held");
+    assert_eq!(cache_bytes(&gateway).await, both);
     gateway.stop().await;
 }

@@ -393,8 +393,8 @@ mod tests {
     #[test]
     fn a_detached_answer_shares_no_buffer_with_what_it_was_read_from() {
         let read_buffer = Bytes::from(vec![b'x'; 64 * 1024]);
-        let mut answer = answer(read_buffer.slice(100..110))
-            .with_gzip(read_buffer.slice(200..205), true);
+        let mut answer =
+            answer(read_buffer.slice(100..110)).with_gzip(read_buffer.slice(200..205), true);
         answer.content_type =
             Some(HeaderValue::from_maybe_shared(read_buffer.slice(0..16)).expect("valid"));
         let detached = answer.clone().detached();
@@ -432,18 +432,27 @@ mod tests {
             coding: Coding::Identity,
             grew: true,
         };
-        assert_eq!(only_gzip.prepare(Coding::Identity).await.expect("prepares"), identity);
+        assert_eq!(
+            only_gzip.prepare(Coding::Identity).await.expect("prepares"),
+            identity
+        );
         let held = Prepared {
             grew: false,
             ..identity
         };
-        assert_eq!(only_gzip.prepare(Coding::Identity).await.expect("prepares"), held);
+        assert_eq!(
+            only_gzip.prepare(Coding::Identity).await.expect("prepares"),
+            held
+        );
         assert_eq!(weight(&only_gzip), 1000 + gzip.len() + overhead);
         let made = Prepared {
             coding: Coding::Gzip,
             grew: true,
         };
-        assert_eq!(only_plain.prepare(Coding::Gzip).await.expect("prepares"), made);
+        assert_eq!(
+            only_plain.prepare(Coding::Gzip).await.expect("prepares"),
+            made
+        );
         assert_eq!(weight(&only_plain), 1000 + gzip.len() + overhead);
     }
 
@@ -453,14 +462,21 @@ mod tests {
         let gzip = gzip::compress(&plain, gzip::STORE_LEVEL);
         let entry = answer(plain.clone()).with_gzip(gzip, false);
         assert!(!entry.offers_gzip());
-        assert_eq!(entry.forms.identity.get(), Some(&plain), "kept whatever was asked");
+        assert_eq!(
+            entry.forms.identity.get(),
+            Some(&plain),
+            "kept whatever was asked"
+        );
         let made_here = answer(plain.clone());
         assert!(made_here.offers_gzip(), "until it is tried");
         let identity = Prepared {
             coding: Coding::Identity,
             grew: false,
         };
-        assert_eq!(made_here.prepare(Coding::Gzip).await.expect("prepares"), identity);
+        assert_eq!(
+            made_here.prepare(Coding::Gzip).await.expect("prepares"),
+            identity
+        );
         assert!(!made_here.offers_gzip());
     }
 

@@ -563,7 +563,10 @@ where
                 None => {
                     if forms.gzip {
                         // Made now; with the body itself kept only if asked for.
-                        answer.prepare(Coding::Gzip).await.map_err(Unfilled::Failed)?;
+                        answer
+                            .prepare(Coding::Gzip)
+                            .await
+                            .map_err(Unfilled::Failed)?;
                     }
                     if forms.identity || !answer.has_gzip() {
                         answer
@@ -588,9 +591,9 @@ where
 mod tests {
     use super::*;
     use crate::auth::Callers;
-    use bytes::Bytes;
     use crate::caller::Caller;
     use crate::config::{CallerConfig, Secret};
+    use bytes::Bytes;
     use http::Request;
     use sha2::Digest as _;
     use std::sync::atomic::{AtomicUsize, Ordering};

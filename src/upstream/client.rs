@@ -249,12 +249,7 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
     }
     let body = Limited::new(body, MAX_BODY_BYTES).collect().await;
     let result = match body {
-        Ok(collected) => answer(
-            verdict,
-            parts.status,
-            &parts.headers,
-            collected.to_bytes(),
-        ),
+        Ok(collected) => answer(verdict, parts.status, &parts.headers, collected.to_bytes()),
         Err(error) => Err(match error.downcast::<http_body_util::LengthLimitError>() {
             Ok(_) => GatewayError::UpstreamInvalidResponse {
                 reason: "body larger than the gateway reads",
@@ -455,7 +450,12 @@ mod tests {
         }
         let brotli = headers(&[("content-encoding", "br")]);
         assert!(matches!(
-            answer(Verdict::Answer, StatusCode::OK, &brotli, Bytes::from_static(json)),
+            answer(
+                Verdict::Answer,
+                StatusCode::OK,
+                &brotli,
+                Bytes::from_static(json)
+            ),
             Err(GatewayError::UpstreamInvalidResponse { .. })
         ));
     }
