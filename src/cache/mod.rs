@@ -67,8 +67,9 @@ type Store = moka::future::Cache<CacheKey, Arc<CachedResponse>, foldhash::qualit
 /// Why a fill produced no entry; shared by every request that waited for it.
 #[derive(Debug)]
 pub enum Unfilled {
-    /// The upstream answered, but the answer may not be stored.
-    Bypass(CachedResponse, BypassReason),
+    /// The upstream answered, but the answer may not be stored. Boxed: an entry's once-made
+    /// forms make it several times the size of an error.
+    Bypass(Box<CachedResponse>, BypassReason),
     /// The fetch failed.
     Failed(GatewayError),
 }
@@ -582,7 +583,7 @@ where
                 Some(as_sent) => answer.with_gzip(as_sent, true),
                 None => answer.uncompressed(),
             };
-            Err(Unfilled::Bypass(answer, reason))
+            Err(Unfilled::Bypass(Box::new(answer), reason))
         }
     }
 }
