@@ -12,7 +12,11 @@
 # Environment (defaults in brackets; QUICK=1 changes the ones marked *):
 #   ROUNDS [5*]  DURATION [10s*]  MEMORY_ENTRIES [10000*]  MISS_REQUESTS [2000*]
 #   STAMPEDE_N [500]  STAMPEDE_LATENCY_MS [500]  SMALL_LIMIT [10]  LARGE_LIMIT [1000]
-#   SCENARIOS ["hits stampede miss memory gzip"]   CONTENDERS [all; space-separated names]
+#   SCENARIOS ["shipped hits stampede miss memory gzip"]   CONTENDERS [all; space-separated names]
+#   SHIPPED_CONTENDERS ["usage-gateway-shipped usage-gateway-shipped-noaccess nginx-w1-sendfile-on
+#     nginx-auto-sendfile-on nginx-auto-log varnish"]: the "shipped" scenario (issue 14): the gateway
+#     with its default configuration (access log on, default threads), with `[log] access = false`,
+#     NGINX without and with its default (combined) access log, and Varnish
 #   GZIP_CONTENDERS ["usage-gateway nginx-gzip varnish-gzip"]  GZIP_LARGE_LIMIT [280]
 #   MEMORY_CONTENDERS ["usage-gateway nginx-w1-sendfile-on varnish"]  FILL_PARALLEL [4]
 #   PORT_BASE [18100]  SKIP_INSTALL [0]  SKIP_BUILD [0]
@@ -37,9 +41,10 @@ STAMPEDE_N=${STAMPEDE_N:-500}
 STAMPEDE_LATENCY_MS=${STAMPEDE_LATENCY_MS:-500}
 SMALL_LIMIT=${SMALL_LIMIT:-10}
 LARGE_LIMIT=${LARGE_LIMIT:-1000}
-SCENARIOS=${SCENARIOS:-hits stampede miss memory gzip}
+SCENARIOS=${SCENARIOS:-shipped hits stampede miss memory gzip}
 ALL_CONTENDERS="usage-gateway nginx-w1-sendfile-on nginx-w1-sendfile-off nginx-auto-sendfile-on nginx-auto-sendfile-off varnish nginx-static"
 CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
+SHIPPED_CONTENDERS=${SHIPPED_CONTENDERS:-usage-gateway-shipped usage-gateway-shipped-noaccess nginx-w1-sendfile-on nginx-auto-sendfile-on nginx-auto-log varnish}
 # The gzip scenario's own contenders: each stores (or serves) gzip for callers that accept it.
 # nginx-gzip: one worker, proxy_cache as nginx-w1-sendfile-on, with `gzip on` in front of it
 # (it compresses every answer as it sends it, at NGINX's default level 1); varnish-gzip:
@@ -47,6 +52,8 @@ CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
 GZIP_ONLY_CONTENDERS="nginx-gzip varnish-gzip"
 GZIP_CONTENDERS=${GZIP_CONTENDERS:-usage-gateway $GZIP_ONLY_CONTENDERS}
 GZIP_LARGE_LIMIT=${GZIP_LARGE_LIMIT:-280}  # about 76 KB
+# every contender name, for port numbers
+PORT_NAMES="$ALL_CONTENDERS usage-gateway-shipped usage-gateway-shipped-noaccess nginx-auto-log $GZIP_ONLY_CONTENDERS"
 MEMORY_CONTENDERS=${MEMORY_CONTENDERS:-usage-gateway nginx-w1-sendfile-on varnish}
 FILL_PARALLEL=${FILL_PARALLEL:-4}
 PORT_BASE=${PORT_BASE:-18100}
@@ -124,9 +131,9 @@ log "work dir $WORK"
 
 SIM_PORT=$PORT_BASE
 SLOW_SIM_PORT=$((PORT_BASE + 1))
-port_of() { # SET NAME -> port (set: hits=10, stampede=30, memory=50, gzip=70 above PORT_BASE)
+port_of() { # SET NAME -> port (set: hits=10, stampede=30, memory=50, shipped=70, gzip=90 above PORT_BASE)
     local base=$((PORT_BASE + $1)) i=0 n
-    for n in $ALL_CONTENDERS $GZIP_ONLY_CONTENDERS; do
+    for n in $PORT_NAMES; do
         [[ $n == "$2" ]] && { echo $((base + i)); return; }
         i=$((i + 1))
     done
@@ -173,9 +180,9 @@ USER_LINE="# (not root: nginx keeps the current user)"
 [[ $(id -u) == 0 ]] && USER_LINE="user root root;  # workers must reach the temporary cache directory"
 
 declare -A CPID CPORT
-start_contender() { # SET(hits|stampede|memory|gzip) NAME ORIGIN_PORT
+start_contender() { # SET(hits|stampede|memory|shipped|gzip) NAME ORIGIN_PORT
     local set=$1 name=$2 origin=$3 port dir
-    port=$(port_of "$( case $set in hits) echo 10 ;; stampede) echo 30 ;; memory) echo 50 ;; gzip) echo 70 ;; esac)" "$name")
+    port=$(port_of "$( case $set in hits) echo 10 ;; stampede) echo 30 ;; memory) echo 50 ;; shipped) echo 70 ;; gzip) echo 90 ;; esac)" "$name")
     port_free "$port" || die "port $port is taken (set PORT_BASE)"
     dir=$WORK/$set/$name
     mkdir -p "$dir"
@@ -188,6 +195,14 @@ start_contender() { # SET(hits|stampede|memory|gzip) NAME ORIGIN_PORT
             MAX_BYTES="$( ((big)) && echo 8589934592 || echo 268435456)"
         start_bg "$dir/log" env RUST_LOG=warn "$GATEWAY" --config "$dir/gateway.toml"
         ;;
+    usage-gateway-shipped | usage-gateway-shipped-noaccess)
+        # The defaults: no worker_threads (one per core), [log] level info with the access log
+        # on, JSON lines to stdout (here a file, as under a service manager's log pipe).
+        render "$PEERS/gateway-shipped.toml.in" "$dir/gateway.toml" PORT="$port" ORIGIN_PORT="$origin" \
+            ORG_TOKEN="$ORG_TOKEN" CALLER_KEY="$CALLER_KEY" \
+            ACCESS="$([[ $name == *-noaccess ]] && echo false || echo true)"
+        start_bg "$dir/log" env -u RUST_LOG "$GATEWAY" --config "$dir/gateway.toml"
+        ;;
     nginx-static)
         mkdir -p "$dir/static"
         cp "$WORK/ref/$SMALL_LIMIT.json" "$WORK/ref/$LARGE_LIMIT.json" "$dir/static/"
@@ -197,13 +212,16 @@ start_contender() { # SET(hits|stampede|memory|gzip) NAME ORIGIN_PORT
         start_bg "$dir/log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
         ;;
     nginx-*)
-        local workers=1 sendfile=on gzip=""
+        local workers=1 sendfile=on access_log=off gzip=""
         [[ $name == nginx-auto-* ]] && workers=auto
         [[ $name == *-sendfile-off ]] && sendfile=off
+        # NGINX's default access log: the combined format, unbuffered, to a file.
+        [[ $name == *-log ]] && access_log="$dir/access.log combined"
         [[ $name == nginx-gzip ]] && gzip="            gzip on; gzip_types application/json; gzip_vary on;"
         render "$PEERS/nginx-cache.conf.in" "$dir/nginx.conf" PORT="$port" DIR="$dir" \
             WORKERS="$workers" SENDFILE="$sendfile" ORIGIN_PORT="$origin" ORG_TOKEN="$ORG_TOKEN" \
-            CALLER_KEY="$CALLER_KEY" USER_LINE="$USER_LINE" GZIP="$gzip" \
+            ACCESS_LOG="$access_log" GZIP="$gzip" \
+            CALLER_KEY="$CALLER_KEY" USER_LINE="$USER_LINE" \
             KEYS_ZONE="$( ((big)) && echo 64m || echo 16m)" MAX_SIZE="$( ((big)) && echo 8g || echo 1g)"
         start_bg "$dir/log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
         ;;
@@ -227,7 +245,7 @@ is_hit() { # NAME URL [HEADER]: the contender says it served this from its cache
     local headers
     headers=$(curl -s -D - -o /dev/null -H "Authorization: $AUTH" ${3:+-H "$3"} "$2")
     case $1 in
-    usage-gateway) grep -qi '^cache-status:.*; hit' <<<"$headers" ;;
+    usage-gateway*) grep -qi '^cache-status:.*; hit' <<<"$headers" ;;
     nginx-static) return 0 ;;
     nginx-*) grep -qi '^x-cache-status: HIT' <<<"$headers" ;;
     varnish*) grep -qiE '^x-varnish: [0-9]+ [0-9]+' <<<"$headers" ;;
@@ -255,22 +273,22 @@ emit() { cat >>"$RESULTS"; }
 # ---------------------------------------------------------------------------------------------
 # scenario 1 and 2: hot hits
 
-run_hits() {
-    local c
-    for c in $CONTENDERS; do
-        start_contender hits "$c" "$SIM_PORT"
-        check_contender hits "$c" "$SMALL_LIMIT" "$LARGE_LIMIT"
+run_hits() { # [SET CELLS CONTENDERS]: defaults hits, the four cells, $CONTENDERS
+    local set=${1:-hits} cells=${2:-small-c32 small-c128 large-c32 large-c128} contenders=${3:-$CONTENDERS} c
+    for c in $contenders; do
+        start_contender "$set" "$c" "$SIM_PORT"
+        check_contender "$set" "$c" "$SMALL_LIMIT" "$LARGE_LIMIT"
     done
-    log "hits: all contenders serve the origin's bytes; $ROUNDS round(s) x 4 cells x $DURATION"
+    log "$set: all contenders serve the origin's bytes; $ROUNDS round(s) x $(wc -w <<<"$cells") cells x $DURATION"
     local round cell body conns limit url port warm
     for round in $(seq 1 "$ROUNDS"); do
-        for cell in small-c32 small-c128 large-c32 large-c128; do
+        for cell in $cells; do
             body=${cell%-*}
             conns=${cell#*-c}
             limit=$SMALL_LIMIT
             [[ $body == large ]] && limit=$LARGE_LIMIT
-            for c in $CONTENDERS; do
-                port=${CPORT[hits/$c]}
+            for c in $contenders; do
+                port=${CPORT[$set/$c]}
                 url="http://127.0.0.1:$port/usage?limit=$limit"
                 # warm: fill (or refresh an expired entry), then make sure it is a hit
                 warm=false
@@ -283,13 +301,13 @@ run_hits() {
                 timeout $((DUR_S + 30)) wrk -t1 -c"$conns" -d"$DURATION" --latency \
                     -H "Authorization: $AUTH" "$url" >"$WORK/wrk.out" 2>&1 ||
                     { cat "$WORK/wrk.out" >&2; die "wrk failed against $c"; }
-                "${PY[@]}" wrk --extra "{\"scenario\":\"hits\",\"cell\":\"$cell\",\"contender\":\"$c\",\"round\":$round,\"warm_hit\":$warm}" \
+                "${PY[@]}" wrk --extra "{\"scenario\":\"$set\",\"cell\":\"$cell\",\"contender\":\"$c\",\"round\":$round,\"warm_hit\":$warm}" \
                     <"$WORK/wrk.out" | tee -a "$RESULTS" | "${PY[@]}" get rps |
                     xargs printf "[peers] round %s %-11s %-26s %10.0f req/s\n" "$round" "$cell" "$c" >&2
             done
         done
     done
-    for c in $CONTENDERS; do stop_contender hits "$c"; done
+    for c in $contenders; do stop_contender "$set" "$c"; done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +468,7 @@ run_gzip() {
 T0=$(date +%s)
 for s in $SCENARIOS; do
     case $s in
+    shipped) run_hits shipped "small-c32 large-c32" "$SHIPPED_CONTENDERS" ;;
     hits) run_hits ;;
     stampede) run_stampede ;;
     miss) run_miss ;;

@@ -7,7 +7,8 @@
 #   bash bench/profile.sh                 # CPU split, small and large answers
 #   CALLGRIND=1 bash bench/profile.sh     # plus the callgrind profile of small hits
 #
-# Knobs: DURATION [5] seconds per wrk run, PORT_BASE [18600], SKIP_BUILD [0].
+# Knobs: DURATION [5] seconds per wrk run, PORT_BASE [18600], SKIP_BUILD [0], LOG_LEVEL [warn]
+# (`info` profiles the access log as shipped), CALLGRIND_OUT [none] (keep the profile there).
 # Loopback only; every process it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ DURATION=${DURATION:-5}
 PORT_BASE=${PORT_BASE:-18600}
 SKIP_BUILD=${SKIP_BUILD:-0}
 CALLGRIND=${CALLGRIND:-0}
+LOG_LEVEL=${LOG_LEVEL:-warn}
+CALLGRIND_OUT=${CALLGRIND_OUT:-}
 ((DURATION >= 1 && DURATION <= 60)) || { echo "DURATION must be 1..60" >&2; exit 2; }
 
 for tool in wrk curl; do
@@ -45,7 +48,7 @@ worker_threads = 1
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [log]
-level = "warn"
+level = "$LOG_LEVEL"
 [upstream]
 base_url = "http://127.0.0.1:$SIM_PORT"
 token = "profile-org"
@@ -75,7 +78,7 @@ ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 echo "### Where a hit's time goes ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD))"
 echo
-echo "gateway with server.worker_threads = 1; wrk -t1 -c32 -d${DURATION}s on the same 2 cores"
+echo "gateway with server.worker_threads = 1, [log] level = \"$LOG_LEVEL\"; wrk -t1 -c32 -d${DURATION}s on the same 2 cores"
 echo
 echo "| answer | req/s | gateway CPU (cores) | user | kernel | user µs per hit | kernel µs per hit |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -105,6 +108,7 @@ if [[ $CALLGRIND == 1 ]]; then
     hits=$(wrk -t1 -c32 -d4s -H "Authorization: $KEY" "http://127.0.0.1:$GW_PORT/usage?limit=10" |
         awk '/requests in/ {print $1}')
     stop_gateway
+    [[ -z $CALLGRIND_OUT ]] || cp "$out" "$CALLGRIND_OUT"
     total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     echo
     echo "callgrind, small hits: $hits hits, $((total / hits)) user-space instructions per hit"

@@ -15,12 +15,13 @@ use http::{HeaderMap, HeaderName, Request};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::caller::{Authenticated, Caller, CallerPolicy, CallerSlot};
+use crate::caller::{Authenticated, Caller, CallerPolicy};
 use crate::config::CallerConfig;
 use crate::error::GatewayError;
+use crate::facts::RequestFacts;
 use crate::gate::{Gate, GateLayer};
 use crate::lockout::{AuthFailures, ClientAddr};
-use crate::observe::RequestFacts;
+use crate::metrics::{CallerIndex, Metrics};
 
 /// The `X-API-Key` header, the third accepted credential form.
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -29,6 +30,7 @@ pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 #[derive(Debug)]
 struct Entry {
     name: Arc<str>,
+    index: CallerIndex,
     key_sha256: Vec<[u8; 32]>,
     policy: Arc<CallerPolicy>,
 }
@@ -55,6 +57,7 @@ impl KeyStore {
         callers: &[CallerConfig],
         profiles: &[Arc<str>],
         previous: Option<&KeyStore>,
+        metrics: &Metrics,
     ) -> Result<Self, UnknownProfile> {
         let callers = callers
             .iter()
@@ -74,6 +77,7 @@ impl KeyStore {
                     .map(|entry| &*entry.policy);
                 Ok(Entry {
                     name: caller.name.clone(),
+                    index: metrics.caller_index(&caller.name),
                     key_sha256: caller.key_sha256.clone(),
                     policy: Arc::new(CallerPolicy::new(
                         caller.scope.clone(),
@@ -98,6 +102,7 @@ impl KeyStore {
                 if bool::from(known.ct_eq(&hash)) {
                     found = Some(Caller {
                         name: entry.name.clone(),
+                        index: entry.index,
                         policy: entry.policy.clone(),
                     });
                 }
@@ -112,21 +117,28 @@ impl KeyStore {
 pub struct Callers {
     current: Arc<ArcSwap<KeyStore>>,
     profiles: Arc<[Arc<str>]>,
+    /// Gives each caller its metrics index when it is loaded.
+    metrics: Arc<Metrics>,
 }
 
 impl Callers {
-    pub fn new(callers: &[CallerConfig], profiles: Vec<Arc<str>>) -> Result<Self, UnknownProfile> {
-        let store = KeyStore::build(callers, &profiles, None)?;
+    pub fn new(
+        callers: &[CallerConfig],
+        profiles: Vec<Arc<str>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UnknownProfile> {
+        let store = KeyStore::build(callers, &profiles, None, &metrics)?;
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(store)),
             profiles: profiles.into(),
+            metrics,
         })
     }
 
     /// Replaces the callers at once: removed keys stop working with the next request.
     pub fn reload(&self, callers: &[CallerConfig]) -> Result<(), UnknownProfile> {
         let previous = self.current.load();
-        let store = KeyStore::build(callers, &self.profiles, Some(&previous))?;
+        let store = KeyStore::build(callers, &self.profiles, Some(&previous), &self.metrics)?;
         self.current.store(Arc::new(store));
         Ok(())
     }
@@ -251,11 +263,7 @@ impl<B> Gate<Request<B>> for Authenticate {
             return Err(GatewayError::Unauthorized);
         };
         if let Some(facts) = RequestFacts::of(request.extensions()) {
-            facts.set_caller(&caller.name);
-        }
-        if let Some(slot) = request.extensions().get::<CallerSlot>() {
-            // Set at most once per request: a request passes auth once.
-            slot.set(&caller);
+            facts.set_caller(&caller);
         }
         Ok(Authenticated { caller, request })
     }
@@ -296,6 +304,7 @@ mod tests {
                 caller("ops", &["key-ops"]),
             ],
             vec!["default".into()],
+            Arc::new(Metrics::new()),
         )
         .expect("profiles resolve")
     }
@@ -395,19 +404,18 @@ mod tests {
     }
 
     #[test]
-    fn the_caller_found_is_published_to_a_slot_placed_outside() {
+    fn the_caller_found_is_published_to_the_facts_attached_outside() {
         let gate = Authenticate::new(
             store(),
             Arc::new(AuthFailures::new(60, Duration::from_secs(60))),
         );
-        let slot = CallerSlot::default();
         let mut request = Request::builder()
             .header("authorization", "key-billing")
             .body(())
             .expect("request");
-        request.extensions_mut().insert(slot.clone());
+        let facts = RequestFacts::attach(request.extensions_mut());
         gate.admit(request).expect("known key");
-        assert_eq!(slot.get().map(|c| &*c.name), Some("billing"));
+        assert_eq!(facts.caller().map(|c| &*c.name), Some("billing"));
     }
 
     #[test]
@@ -445,6 +453,7 @@ mod tests {
         let callers = Callers::new(
             &[caller("billing", &["old", "new"])],
             vec!["default".into()],
+            Arc::new(Metrics::new()),
         )
         .expect("valid");
         assert!(callers.identify(b"old").is_some());

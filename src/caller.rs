@@ -6,11 +6,12 @@
 //! its credential profile).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Request;
 
+use crate::metrics::CallerIndex;
 use crate::query::{FilterKey, Route, RouteName, UsageQuery};
 use crate::window::{Allowance, SlidingWindow};
 
@@ -18,6 +19,9 @@ use crate::window::{Allowance, SlidingWindow};
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: Arc<str>,
+    /// Its place in the metrics' caller table, given when the configuration is loaded, so
+    /// counting its requests takes no lookup by name.
+    pub index: CallerIndex,
     pub policy: Arc<CallerPolicy>,
 }
 
@@ -27,26 +31,9 @@ impl Caller {
     pub fn unrestricted(name: &str) -> Caller {
         Caller {
             name: name.into(),
+            index: CallerIndex::UNREGISTERED,
             policy: Arc::new(CallerPolicy::new(Scope::default(), 0, false, None, None)),
         }
-    }
-}
-
-/// Request extension put in by a layer outside the error boundary that needs, on the way
-/// out, to know who asked (the rate-limit headers): auth fills it with the caller it found.
-/// Extensions only travel inwards; this is how the answer to "who was it" travels back out.
-#[derive(Debug, Clone, Default)]
-pub struct CallerSlot(Arc<OnceLock<Caller>>);
-
-impl CallerSlot {
-    /// The caller auth found, once it has found one.
-    pub fn get(&self) -> Option<&Caller> {
-        self.0.get()
-    }
-
-    /// Publishes the caller found; set at most once per request (a request passes auth once).
-    pub fn set(&self, caller: &Caller) {
-        let _ = self.0.set(caller.clone());
     }
 }
 
@@ -106,6 +93,11 @@ impl CallerPolicy {
         crate::sync::lock(quota)
             .try_take(now)
             .map_err(|free_at| free_at.saturating_duration_since(now))
+    }
+
+    /// The caller's quota of upstream calls per minute; `None` without one.
+    pub fn quota_per_minute(&self) -> Option<u32> {
+        self.quota.as_ref().map(|(limit, _)| *limit)
     }
 
     /// What is left of this caller's quota at `now`; `None` without a quota.
@@ -225,7 +217,11 @@ pub struct Authenticated<B> {
 ///     });
 ///     let policy = CallerPolicy::new(Scope::default(), 0, false, None, None);
 ///     let admitted = Admitted {
-///         caller: Caller { name: "billing".into(), policy: Arc::new(policy) },
+///         caller: Caller {
+///             name: "billing".into(),
+///             index: usage_gateway::metrics::CallerIndex::UNREGISTERED,
+///             policy: Arc::new(policy),
+///         },
 ///         query: UsageQuery::from_target("/usage").unwrap().unwrap(),
 ///         request: http::Request::new(()),
 ///         background: false,

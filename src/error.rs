@@ -59,8 +59,56 @@ impl fmt::Display for InvalidRequest {
 
 /// Response extension: the `error` code of an answer the gateway made itself, for the log
 /// line and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorCode(pub &'static str);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unauthorized,
+    NotFound,
+    Forbidden,
+    TooManyAuthFailures,
+    MethodNotAllowed,
+    UriTooLong,
+    HeadersTooLarge,
+    BodyTooLarge,
+    BodyTimeout,
+    /// A request parameter the gateway refuses, named by its `<field>_invalid` code.
+    Invalid(&'static str),
+    UpstreamAuthFailed,
+    RateLimitExceeded,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamInvalidResponse,
+    UpstreamCircuitOpen,
+    NotCached,
+    InternalError,
+}
+
+impl ErrorCode {
+    /// The `error` field: snake_case, in the upstream's own convention.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::Forbidden => "forbidden",
+            Self::TooManyAuthFailures => "too_many_auth_failures",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::Invalid(code) => code,
+            Self::UpstreamAuthFailed => "upstream_auth_failed",
+            Self::RateLimitExceeded => "rate_limit_exceeded",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamInvalidResponse => "upstream_invalid_response",
+            Self::UpstreamCircuitOpen => "upstream_circuit_open",
+            Self::NotCached => "not_cached",
+            Self::InternalError => "internal_error",
+        }
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -144,28 +192,33 @@ impl GatewayError {
 
     /// The `error` field: snake_case, in the upstream's own convention.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The `error` code as a value, for the log line and the metrics.
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Unauthorized => "unauthorized",
-            Self::NotFound => "not_found",
-            Self::Forbidden(_) => "forbidden",
-            Self::TooManyAuthFailures { .. } => "too_many_auth_failures",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::UriTooLong { .. } => "uri_too_long",
-            Self::HeadersTooLarge { .. } => "headers_too_large",
-            Self::BodyTooLarge { .. } => "body_too_large",
-            Self::BodyTimeout(_) => "body_timeout",
-            Self::InvalidRequest(invalid) => invalid.code,
-            Self::UpstreamAuthFailed { .. } => "upstream_auth_failed",
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::TooManyAuthFailures { .. } => ErrorCode::TooManyAuthFailures,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Self::UriTooLong { .. } => ErrorCode::UriTooLong,
+            Self::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
+            Self::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            Self::BodyTimeout(_) => ErrorCode::BodyTimeout,
+            Self::InvalidRequest(invalid) => ErrorCode::Invalid(invalid.code),
+            Self::UpstreamAuthFailed { .. } => ErrorCode::UpstreamAuthFailed,
             Self::UpstreamRateLimited { .. }
             | Self::UpstreamBudgetExhausted { .. }
-            | Self::CallerQuotaExceeded { .. } => "rate_limit_exceeded",
-            Self::UpstreamStatus { .. } => "upstream_error",
-            Self::UpstreamTimeout(_) => "upstream_timeout",
-            Self::UpstreamUnavailable(_) => "upstream_unavailable",
-            Self::UpstreamInvalidResponse { .. } => "upstream_invalid_response",
-            Self::UpstreamCircuitOpen { .. } => "upstream_circuit_open",
-            Self::NotCached => "not_cached",
-            Self::Internal(_) => "internal_error",
+            | Self::CallerQuotaExceeded { .. } => ErrorCode::RateLimitExceeded,
+            Self::UpstreamStatus { .. } => ErrorCode::UpstreamError,
+            Self::UpstreamTimeout(_) => ErrorCode::UpstreamTimeout,
+            Self::UpstreamUnavailable(_) => ErrorCode::UpstreamUnavailable,
+            Self::UpstreamInvalidResponse { .. } => ErrorCode::UpstreamInvalidResponse,
+            Self::UpstreamCircuitOpen { .. } => ErrorCode::UpstreamCircuitOpen,
+            Self::NotCached => ErrorCode::NotCached,
+            Self::Internal(_) => ErrorCode::InternalError,
         }
     }
 
@@ -242,7 +295,7 @@ impl GatewayError {
         }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
-        response.extensions_mut().insert(ErrorCode(self.code()));
+        response.extensions_mut().insert(self.error_code());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, JSON);
         match self {
@@ -314,13 +367,23 @@ fn whole_secs(duration: Duration) -> u64 {
     secs.max(1)
 }
 
-/// The error boundary: the only place an error becomes a response and a 5xx is logged.
+/// Response extension on a 5xx the gateway made itself: what went wrong, with its whole
+/// source chain, for the one `request failed` log line the observe layer writes with the
+/// request's id. Never sent to the caller.
+#[derive(Debug, Clone)]
+pub struct FailureDetail(pub String);
+
+/// The error boundary: the only place an error becomes a response (a 5xx keeps its detail
+/// for the log as a [`FailureDetail`]).
 pub fn respond(result: Result<Response<ResponseBody>, GatewayError>) -> Response<ResponseBody> {
     result.unwrap_or_else(|error| {
+        let mut response = error.to_response();
         if error.status().is_server_error() {
-            tracing::warn!(error = %ErrorChain(&error), code = error.code(), "request failed");
+            response
+                .extensions_mut()
+                .insert(FailureDetail(ErrorChain(&error).to_string()));
         }
-        error.to_response()
+        response
     })
 }
 

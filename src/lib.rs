@@ -4,8 +4,10 @@
 //! identical concurrent misses into one upstream call, and sends misses upstream with the
 //! organization's token. See `stack.rs` for the request's way through.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod breaker;
 pub mod cache;
 pub mod caller;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod cors;
 pub mod demo;
 pub mod discard;
 pub mod error;
+pub mod facts;
 pub mod gate;
 pub mod gzip;
 pub mod limits;
@@ -21,11 +24,13 @@ pub mod lockout;
 pub mod metrics;
 pub mod normalize;
 pub mod observe;
+pub mod outcome;
 pub mod query;
 pub mod ratelimit;
 pub mod reload;
 pub mod scope;
 pub mod server;
+pub mod shared;
 pub mod stack;
 pub mod sync;
 pub mod telemetry;

@@ -72,7 +72,7 @@ pub fn check<B>(request: &Request<B>, limits: &RequestLimits) -> Result<(), Gate
         std::str::from_utf8(length.as_bytes())
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok())
-            .map_or(true, |length| length > limits.max_body_bytes as u64)
+            .is_none_or(|length| length > limits.max_body_bytes as u64)
     });
     if too_long {
         return Err(GatewayError::BodyTooLarge {

@@ -85,7 +85,8 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    usage_gateway::telemetry::init(&config.log);
+    // Dropped last: the access lines still pending are written before the process ends.
+    let _access_log = usage_gateway::telemetry::init(&config.log);
     let runtime = match runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -173,7 +174,7 @@ fn gen_key() -> ExitCode {
 
 #[cfg(feature = "demo")]
 fn demo(listen: SocketAddr) -> ExitCode {
-    usage_gateway::telemetry::init_default();
+    let _access_log = usage_gateway::telemetry::init_default();
     let runtime = match runtime(None) {
         Ok(runtime) => runtime,
         Err(code) => return code,

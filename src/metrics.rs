@@ -4,10 +4,10 @@
 //! Label values are bounded: routes, cache outcomes, statuses, error codes, profile and caller
 //! names all come from closed sets or the configuration, never from a request's path or key.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -17,6 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::error::ErrorCode;
+use crate::outcome::{CacheOutcome, Saving, OUTCOME_SLOTS};
+use crate::query::RouteName;
 use crate::sync::{lock, read, write};
 
 /// How often the status page's history takes a sample, and how many it keeps (15 minutes).
@@ -78,16 +81,47 @@ struct CodeLabels {
     code: &'static str,
 }
 
+/// A caller's place in the metrics' caller table, given once per caller name when the
+/// configuration is loaded ([`Metrics::caller_index`]), so that counting a request takes an
+/// array index rather than a lookup by name. Only the [`Metrics`] that gave it knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallerIndex(u32);
+
+impl CallerIndex {
+    /// A caller made outside a configuration load (tests of single layers): counted by name.
+    pub const UNREGISTERED: CallerIndex = CallerIndex(u32::MAX);
+}
+
+/// Who a counted request or upstream call was for.
+#[derive(Debug, Clone, Copy)]
+pub struct CallerId<'a> {
+    pub name: &'a Arc<str>,
+    pub index: CallerIndex,
+}
+
 /// One finished request, as the metrics see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Finished<'a> {
-    pub route: &'static str,
+    /// `None` for requests refused before their route was known.
+    pub route: Option<RouteName>,
     pub status: u16,
-    pub cache: &'static str,
-    pub caller: Option<&'a Arc<str>>,
-    pub error: Option<&'static str>,
+    /// `None` for requests that never reached the cache.
+    pub cache: Option<CacheOutcome>,
+    pub caller: Option<CallerId<'a>>,
+    pub error: Option<ErrorCode>,
     pub duration: Duration,
 }
+
+fn route_label(route: Option<RouteName>) -> &'static str {
+    route.map_or("none", RouteName::as_str)
+}
+
+/// Dense index of a route, 0 for "none".
+fn route_slot(route: Option<RouteName>) -> usize {
+    route.map_or(0, |route| route as usize + 1)
+}
+
+const ROUTE_SLOTS: usize = RouteName::ALL.len() + 1;
 
 /// A caller's totals, for the status page.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,15 +131,31 @@ pub struct CallerTotals {
     pub upstream_calls: u64,
 }
 
-/// A caller's running counts, shared by every kind of answer it gets.
-#[derive(Debug, Default)]
-struct CallerCounts {
+/// A caller's running counts and metric handles, shared by every kind of answer it gets.
+#[derive(Debug)]
+struct CallerHandles {
+    name: Arc<str>,
     requests: AtomicU64,
     from_cache: AtomicU64,
     upstream_calls: AtomicU64,
+    /// `usage_gateway_caller_requests{caller, cache}`, by [`CacheOutcome::index`]; each made
+    /// when first used, so /metrics lists only what happened.
+    by_cache: [OnceLock<Counter>; OUTCOME_SLOTS],
+    upstream: OnceLock<Counter>,
 }
 
-impl CallerCounts {
+impl CallerHandles {
+    fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            requests: AtomicU64::new(0),
+            from_cache: AtomicU64::new(0),
+            upstream_calls: AtomicU64::new(0),
+            by_cache: Default::default(),
+            upstream: OnceLock::new(),
+        }
+    }
+
     fn totals(&self) -> CallerTotals {
         CallerTotals {
             requests: self.requests.load(Ordering::Relaxed),
@@ -115,46 +165,23 @@ impl CallerCounts {
     }
 }
 
-/// One kind of answer, as the metrics label it, by the addresses of its names: the route and
-/// cache names are `&'static str`s, and the caller's `Arc<str>` is pinned by the handles found
-/// for it (so its address names no one else while the entry lives). Equal names at different
-/// addresses are two keys with the same handles: only a second entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct AnswerKind {
-    route: usize,
-    status: u16,
-    cache: usize,
-    caller: usize,
-}
-
-impl AnswerKind {
-    fn of(done: &Finished<'_>) -> Self {
-        Self {
-            route: done.route.as_ptr() as usize,
-            status: done.status,
-            cache: done.cache.as_ptr() as usize,
-            caller: done
-                .caller
-                .map_or(0, |caller| Arc::as_ptr(caller).cast::<u8>() as usize),
-        }
-    }
-}
-
-/// The metric handles one kind of answer updates. Prometheus families are maps keyed by label
-/// strings, hashed with SipHash on every lookup: four lookups per request were ~6% of a cache
-/// hit's instructions (callgrind). One lookup of an [`AnswerKind`] finds them all.
-#[derive(Debug, Clone)]
-struct AnswerHandles {
-    requests: Counter,
+/// The handles of one (route, cache outcome): Prometheus families are maps keyed by label
+/// strings, hashed with SipHash on every lookup (four lookups per request were ~6% of a cache
+/// hit's instructions, callgrind); these are found by array index instead.
+#[derive(Debug)]
+struct RouteCacheHandles {
     duration: Histogram,
-    saved: Option<(Counter, &'static str)>,
-    caller: Option<(Counter, Arc<CallerCounts>)>,
-    /// Keeps the caller's name, and so the address in its [`AnswerKind`], alive.
-    _caller_name: Option<Arc<str>>,
+    saved: Option<(Counter, Saving)>,
+    /// `usage_gateway_requests{route, status, cache}`: the few statuses seen, scanned.
+    by_status: RwLock<Vec<(u16, Counter)>>,
 }
 
-/// Kinds of answers seen; cleared when it grows past this (callers renamed by many reloads).
-const ANSWER_KINDS_KEPT: usize = 4096;
+/// The callers seen, by index and by name.
+#[derive(Debug, Default)]
+struct CallerTable {
+    by_index: RwLock<Vec<Arc<CallerHandles>>>,
+    by_name: Mutex<BTreeMap<Arc<str>, CallerIndex>>,
+}
 
 /// The accept loop's counts: shared handles, so the loop holds them without the registry.
 #[derive(Debug, Clone, Default)]
@@ -202,9 +229,11 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// Panics the error boundary caught (each answered 500 `internal_error`).
     pub panics: Counter,
+    /// The shared tier's Redis: up or down, and what its commands cost.
+    pub redis: RedisMetrics,
     totals: Totals,
-    callers: Mutex<BTreeMap<Arc<str>, Arc<CallerCounts>>>,
-    answer_kinds: RwLock<HashMap<AnswerKind, AnswerHandles, foldhash::fast::RandomState>>,
+    callers: CallerTable,
+    route_cache: [[OnceLock<RouteCacheHandles>; OUTCOME_SLOTS]; ROUTE_SLOTS],
     history: Mutex<VecDeque<(Instant, Sample)>>,
     pub started: Instant,
 }
@@ -238,6 +267,11 @@ impl Metrics {
         let errors = Family::default();
         let connections = ConnectionMetrics::default();
         let panics = Counter::default();
+        registry.register(
+            "usage_gateway_access_log_dropped",
+            "Access lines dropped because the log output could not keep up",
+            crate::access_log::DROPPED.clone(),
+        );
         registry.register(
             "usage_gateway_panics",
             "Panics caught while answering a request (each answered 500 internal_error)",
@@ -313,8 +347,10 @@ impl Metrics {
             "Error answers, by error code",
             errors.clone(),
         );
+        let redis = RedisMetrics::register(&mut registry);
         Self {
             registry,
+            redis,
             requests,
             request_duration,
             upstream_requests,
@@ -330,109 +366,128 @@ impl Metrics {
             connections,
             panics,
             totals: Totals::default(),
-            callers: Mutex::new(BTreeMap::new()),
-            answer_kinds: RwLock::default(),
+            callers: CallerTable::default(),
+            route_cache: Default::default(),
             history: Mutex::new(VecDeque::with_capacity(SAMPLES_KEPT + 1)),
             started: Instant::now(),
         }
     }
 
-    /// Counts one answered request.
-    pub fn record_request(&self, done: Finished<'_>) {
-        let kind = AnswerKind::of(&done);
-        // Counted under the read lock: the handles are atomics, and cloning them would cost
-        // as many atomic operations again.
-        if let Some(handles) = read(&self.answer_kinds).get(&kind) {
-            return self.count(handles, &done);
+    /// The index of the caller called `name`: the same for the same name across reloads.
+    pub fn caller_index(&self, name: &Arc<str>) -> CallerIndex {
+        let mut by_name = lock(&self.callers.by_name);
+        if let Some(index) = by_name.get(name) {
+            return *index;
         }
-        let handles = self.answer_handles(kind, &done);
-        self.count(&handles, &done);
+        let mut by_index = write(&self.callers.by_index);
+        // Caller names come from the configuration: far fewer than u32::MAX.
+        let index = CallerIndex(u32::try_from(by_index.len()).unwrap_or(u32::MAX - 1));
+        by_index.push(Arc::new(CallerHandles::new(name.clone())));
+        by_name.insert(name.clone(), index);
+        index
     }
 
-    fn count(&self, handles: &AnswerHandles, done: &Finished<'_>) {
-        let Finished {
-            error, duration, ..
-        } = *done;
-        handles.requests.inc();
-        handles.duration.observe(duration.as_secs_f64());
-        let saved_by = handles.saved.as_ref().map(|(saved, reason)| {
-            saved.inc();
-            *reason
-        });
-        if let Some((requests, counts)) = &handles.caller {
-            requests.inc();
-            counts.requests.fetch_add(1, Ordering::Relaxed);
-            counts
-                .from_cache
-                .fetch_add(u64::from(saved_by.is_some()), Ordering::Relaxed);
+    fn caller(&self, caller: CallerId<'_>) -> Arc<CallerHandles> {
+        let found = read(&self.callers.by_index)
+            .get(caller.index.0 as usize)
+            .filter(|handles| handles.name == *caller.name)
+            .cloned();
+        found.unwrap_or_else(|| {
+            let index = self.caller_index(caller.name);
+            read(&self.callers.by_index)[index.0 as usize].clone()
+        })
+    }
+
+    fn route_cache(
+        &self,
+        route: Option<RouteName>,
+        cache: Option<CacheOutcome>,
+    ) -> &RouteCacheHandles {
+        self.route_cache[route_slot(route)][CacheOutcome::index(cache)].get_or_init(|| {
+            let (route, cache_label) = (route_label(route), CacheOutcome::label(cache));
+            RouteCacheHandles {
+                duration: self
+                    .request_duration
+                    .get_or_create(&RouteCacheLabels {
+                        route,
+                        cache: cache_label,
+                    })
+                    .clone(),
+                saved: cache.and_then(CacheOutcome::saving).map(|saving| {
+                    let reason = saving.as_str();
+                    (
+                        self.saved.get_or_create(&ReasonLabels { reason }).clone(),
+                        saving,
+                    )
+                }),
+                by_status: RwLock::default(),
+            }
+        })
+    }
+
+    /// Counts one answered request.
+    pub fn record_request(&self, done: Finished<'_>) {
+        let handles = self.route_cache(done.route, done.cache);
+        let counted = read(&handles.by_status)
+            .iter()
+            .find(|(status, _)| *status == done.status)
+            .map(|(_, counter)| counter.inc())
+            .is_some();
+        if !counted {
+            let counter = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route_label(done.route),
+                    status: done.status,
+                    cache: CacheOutcome::label(done.cache),
+                })
+                .clone();
+            counter.inc();
+            let mut by_status = write(&handles.by_status);
+            if !by_status.iter().any(|(status, _)| *status == done.status) {
+                by_status.push((done.status, counter));
+            }
         }
-        if let Some(code) = error {
-            self.errors.get_or_create(&CodeLabels { code }).inc();
+        handles.duration.observe(done.duration.as_secs_f64());
+        let saving = handles.saved.as_ref().map(|(counter, saving)| {
+            counter.inc();
+            *saving
+        });
+        if let Some(caller) = done.caller {
+            let counts = self.caller(caller);
+            counts.by_cache[CacheOutcome::index(done.cache)]
+                .get_or_init(|| {
+                    self.caller_requests
+                        .get_or_create(&CallerCacheLabels {
+                            caller: Name(counts.name.clone()),
+                            cache: CacheOutcome::label(done.cache),
+                        })
+                        .clone()
+                })
+                .inc();
+            counts.requests.fetch_add(1, Ordering::Relaxed);
+            if saving.is_some() {
+                counts.from_cache.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(code) = done.error {
+            self.errors
+                .get_or_create(&CodeLabels {
+                    code: code.as_str(),
+                })
+                .inc();
             self.totals.errors.fetch_add(1, Ordering::Relaxed);
         }
         self.totals.requests.fetch_add(1, Ordering::Relaxed);
-        let counter = match saved_by {
-            Some("hit") => Some(&self.totals.hits),
-            Some("collapsed") => Some(&self.totals.collapsed),
-            Some("stale") => Some(&self.totals.stale),
-            _ => None,
+        let counter = match saving {
+            Some(Saving::Hit) => Some(&self.totals.hits),
+            Some(Saving::Collapsed) => Some(&self.totals.collapsed),
+            Some(Saving::Stale) => Some(&self.totals.stale),
+            None => None,
         };
         if let Some(counter) = counter {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Looks up (and remembers) the handles of a kind of answer not seen before.
-    fn answer_handles(&self, kind: AnswerKind, done: &Finished<'_>) -> AnswerHandles {
-        let Finished {
-            route,
-            status,
-            cache,
-            caller,
-            ..
-        } = *done;
-        let handles = AnswerHandles {
-            requests: self
-                .requests
-                .get_or_create(&RequestLabels {
-                    route,
-                    status,
-                    cache,
-                })
-                .clone(),
-            duration: self
-                .request_duration
-                .get_or_create(&RouteCacheLabels { route, cache })
-                .clone(),
-            saved: saved_reason(cache).map(|reason| {
-                let counter = self.saved.get_or_create(&ReasonLabels { reason }).clone();
-                (counter, reason)
-            }),
-            caller: caller.as_ref().map(|caller| {
-                let counter = self
-                    .caller_requests
-                    .get_or_create(&CallerCacheLabels {
-                        caller: Name(Arc::clone(caller)),
-                        cache,
-                    })
-                    .clone();
-                (counter, self.caller_counts(caller))
-            }),
-            _caller_name: caller.cloned(),
-        };
-        let mut kinds = write(&self.answer_kinds);
-        if kinds.len() >= ANSWER_KINDS_KEPT {
-            kinds.clear();
-        }
-        kinds.insert(kind, handles.clone());
-        handles
-    }
-
-    fn caller_counts(&self, caller: &Arc<str>) -> Arc<CallerCounts> {
-        lock(&self.callers)
-            .entry(caller.clone())
-            .or_default()
-            .clone()
     }
 
     /// Counts one upstream call: `status` is the HTTP status, or `error` / `timeout`.
@@ -440,7 +495,7 @@ impl Metrics {
         &self,
         profile: &Arc<str>,
         status: &'static str,
-        caller: Option<&Arc<str>>,
+        caller: Option<CallerId<'_>>,
         duration: Duration,
     ) {
         let profile = Name(profile.clone());
@@ -455,14 +510,18 @@ impl Metrics {
             .observe(duration.as_secs_f64());
         self.totals.upstream_calls.fetch_add(1, Ordering::Relaxed);
         if let Some(caller) = caller {
-            self.caller_upstream
-                .get_or_create(&CallerLabels {
-                    caller: Name(caller.clone()),
+            let counts = self.caller(caller);
+            counts
+                .upstream
+                .get_or_init(|| {
+                    self.caller_upstream
+                        .get_or_create(&CallerLabels {
+                            caller: Name(counts.name.clone()),
+                        })
+                        .clone()
                 })
                 .inc();
-            self.caller_counts(caller)
-                .upstream_calls
-                .fetch_add(1, Ordering::Relaxed);
+            counts.upstream_calls.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -521,9 +580,9 @@ impl Metrics {
     }
 
     pub fn callers(&self) -> BTreeMap<Arc<str>, CallerTotals> {
-        lock(&self.callers)
+        read(&self.callers.by_index)
             .iter()
-            .map(|(name, counts)| (name.clone(), counts.totals()))
+            .map(|counts| (counts.name.clone(), counts.totals()))
             .collect()
     }
 
@@ -541,13 +600,72 @@ impl Metrics {
     }
 }
 
-/// Which saving a cache outcome counts as.
-fn saved_reason(cache: &str) -> Option<&'static str> {
-    match cache {
-        "hit" => Some("hit"),
-        "collapsed" => Some("collapsed"),
-        "stale-while-revalidate" | "stale-if-error" => Some("stale"),
-        _ => None,
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CommandFailureLabels {
+    command: &'static str,
+    reason: &'static str,
+}
+
+/// The shared tier's Redis, as `[shared]` uses it: whether it answers, how long its commands
+/// take, and why they fail. Registered (and zero) even without `[shared]`, so dashboards need
+/// no special case.
+#[derive(Debug, Clone)]
+pub struct RedisMetrics {
+    up: Gauge,
+    durations: Family<CommandLabels, Histogram>,
+    failures: Family<CommandFailureLabels, Counter>,
+}
+
+impl RedisMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            up: Gauge::default(),
+            durations: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            failures: Family::default(),
+        };
+        registry.register(
+            "usage_gateway_redis_up",
+            "1 while the shared tier's Redis answers; 0 while it does not (upstream misses are then refused or served stale)",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "usage_gateway_redis_command_duration_seconds",
+            "Time of Redis commands that completed, by command",
+            metrics.durations.clone(),
+        );
+        registry.register(
+            "usage_gateway_redis_failures",
+            "Redis commands that failed, by command and reason (timeout, error, breaker_open)",
+            metrics.failures.clone(),
+        );
+        metrics
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.get() == 1
+    }
+
+    /// One command that completed (whatever Redis answered) in `duration`.
+    pub fn record(&self, command: &'static str, duration: Duration) {
+        self.durations
+            .get_or_create(&CommandLabels { command })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// One command that did not complete: `reason` is `timeout`, `error` or `breaker_open`.
+    pub fn failed(&self, command: &'static str, reason: &'static str) {
+        self.failures
+            .get_or_create(&CommandFailureLabels { command, reason })
+            .inc();
     }
 }
 
@@ -556,11 +674,17 @@ mod tests {
     use super::*;
 
     fn finished<'a>(cache: &'static str, caller: Option<&'a Arc<str>>) -> Finished<'a> {
+        let cache = CacheOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == cache);
         Finished {
-            route: "usage",
+            route: Some(RouteName::Usage),
             status: 200,
             cache,
-            caller,
+            caller: caller.map(|name| CallerId {
+                name,
+                index: CallerIndex::UNREGISTERED,
+            }),
             error: None,
             duration: Duration::from_micros(80),
         }
@@ -634,7 +758,15 @@ mod tests {
         let metrics = Metrics::new();
         let profile: Arc<str> = "default".into();
         let caller: Arc<str> = "ops".into();
-        metrics.record_upstream(&profile, "200", Some(&caller), Duration::from_millis(20));
+        metrics.record_upstream(
+            &profile,
+            "200",
+            Some(CallerId {
+                name: &caller,
+                index: CallerIndex::UNREGISTERED,
+            }),
+            Duration::from_millis(20),
+        );
         metrics.set_profile(&profile, 599, false);
         metrics.set_cache(3, 4096);
         let text = metrics.encode();

@@ -9,9 +9,9 @@ use http::{Method, Request};
 
 use crate::caller::{Admitted, Authenticated};
 use crate::error::GatewayError;
+use crate::facts::RequestFacts;
 use crate::gate::{Gate, GateLayer};
-use crate::observe::RequestFacts;
-use crate::query::UsageQuery;
+use crate::query::{RouteName, UsageQuery};
 
 /// The normalize gate as a layer: `NormalizeLayer::new(Normalize::new(max_filters))`.
 pub type NormalizeLayer = GateLayer<Normalize>;
@@ -48,7 +48,7 @@ impl Gate<Authenticated<()>> for Normalize {
         // The method is checked after the path so that an unknown path is 404 whatever the method.
         let query = classify(&request, self.max_filters)?;
         if let Some(facts) = RequestFacts::of(request.extensions()) {
-            facts.set_route(query.route().name());
+            facts.set_route(RouteName::of(query.route()));
         }
         Ok(Admitted {
             caller,

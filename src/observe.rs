@@ -1,81 +1,48 @@
-//! `ObserveLayer`: every request gets an id, a span, one access-log line and its metrics.
+//! `ObserveLayer`: every request gets an id, one access-log line and its metrics.
 //!
 //! Guarantees:
 //! - `X-Request-Id` from the caller is kept when sane (visible ASCII, at most 128 characters),
-//!   otherwise one is generated; it is on every response and every log line of the request;
-//! - exactly one `request` line per request, at info level, with `request_id`, `caller`,
-//!   `method`, `route`, `status`, `cache`, `duration_ms`, `upstream_ms` — never a key, token or
-//!   query string;
+//!   otherwise one is generated; it is on every response, on the access line and on the
+//!   `request failed` line of a failed request;
+//! - exactly one access line per request (when the access log is on: `[log] access`), with
+//!   `request_id`, `caller`, `method`, `route`, `status`, `cache`, `duration_ms`,
+//!   `upstream_ms` — never a key, token or query string;
 //! - the same facts feed the metrics, so logs and metrics always agree.
 //!
 //! Written here rather than with tower-http's `TraceLayer` and request-id layers: the line and
 //! the metrics need facts that inner layers learn (caller, route, cache outcome, upstream
 //! time), which those layers cannot hand back; [`RequestFacts`] in the request extensions can.
+//! No tracing span per request: it cost more than the rest of a cache hit's logging, and the
+//! few events inside a request name its id themselves.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use tower::{Layer, Service};
-use tracing::Instrument;
 
-use crate::error::{ErrorCode, ResponseBody};
-use crate::metrics::{Finished, Metrics};
+use crate::access_log::{AccessLine, AccessLog};
+use crate::error::{ErrorCode, FailureDetail, ResponseBody};
+use crate::facts::RequestFacts;
+use crate::metrics::{CallerId, Finished, Metrics};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest caller-sent request id kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// What inner layers learn about a request, for its log line and metrics.
-#[derive(Debug, Default)]
-pub struct RequestFacts(Mutex<Facts>);
-
-#[derive(Debug, Default, Clone)]
-pub struct Facts {
-    pub caller: Option<Arc<str>>,
-    pub route: Option<&'static str>,
-    pub cache: Option<&'static str>,
-    pub upstream_ms: Option<u64>,
-}
-
-impl RequestFacts {
-    fn update(&self, change: impl FnOnce(&mut Facts)) {
-        change(&mut crate::sync::lock(&self.0));
-    }
-
-    fn snapshot(&self) -> Facts {
-        crate::sync::lock(&self.0).clone()
-    }
-}
-
-impl RequestFacts {
-    /// The facts of the request these extensions belong to, if it is observed.
-    pub fn of(extensions: &http::Extensions) -> Option<Arc<RequestFacts>> {
-        extensions.get::<Arc<RequestFacts>>().cloned()
-    }
-
-    pub fn set_caller(&self, caller: &Arc<str>) {
-        self.update(|f| f.caller = Some(caller.clone()));
-    }
-
-    pub fn set_route(&self, route: &'static str) {
-        self.update(|f| f.route = Some(route));
-    }
-
-    pub fn set_cache(&self, outcome: &'static str) {
-        self.update(|f| f.cache = Some(outcome));
-    }
-
-    /// Adds time spent upstream (retries add up).
-    pub fn add_upstream_ms(&self, ms: u64) {
-        self.update(|f| f.upstream_ms = Some(f.upstream_ms.unwrap_or(0) + ms));
-    }
+/// The request id of a request the observe layer has seen (it sets the header), for the log
+/// events written while the request is served.
+pub fn request_id(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or_default()
 }
 
 /// A caller's request id is kept only if it is short, visible ASCII (RFC 9110 `token`-ish):
@@ -125,13 +92,21 @@ impl IdSource {
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
     ids: Arc<IdSource>,
+    access_log: Option<AccessLog>,
 }
 
 impl ObserveLayer {
+    /// Observes into `metrics`, and into the access log installed for the process
+    /// ([`crate::access_log::installed`]) if there is one.
     pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self::with_access_log(metrics, crate::access_log::installed().cloned())
+    }
+
+    pub fn with_access_log(metrics: Arc<Metrics>, access_log: Option<AccessLog>) -> Self {
         Self {
             metrics,
             ids: Arc::new(IdSource::new()),
+            access_log,
         }
     }
 }
@@ -156,12 +131,10 @@ pub struct Observe<S> {
 impl<S, B> Service<Request<B>> for Observe<S>
 where
     S: Service<Request<B>, Response = Response<ResponseBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
     type Response = Response<ResponseBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -176,46 +149,96 @@ where
         request
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), id.clone());
-        let facts = Arc::new(RequestFacts::default());
-        request.extensions_mut().insert(facts.clone());
+        let facts = RequestFacts::attach(request.extensions_mut());
         let method = request.method().clone();
-        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
-        let future = span.in_scope(|| self.inner.call(request));
-        let metrics = self.layer.metrics.clone();
-        Box::pin(
-            async move {
-                let mut response = future.await?;
-                response
-                    .headers_mut()
-                    .insert(X_REQUEST_ID.clone(), id.clone());
-                let duration = started.elapsed();
-                let facts = facts.snapshot();
-                let status = response.status().as_u16();
-                let route = facts.route.unwrap_or("none");
-                let cache = facts.cache.unwrap_or("none");
-                metrics.record_request(Finished {
-                    route,
-                    status,
-                    cache,
-                    caller: facts.caller.as_ref(),
-                    error: response.extensions().get::<ErrorCode>().map(|code| code.0),
-                    duration,
-                });
-                tracing::info!(
-                    request_id = id.to_str().unwrap_or_default(),
-                    caller = facts.caller.as_deref(),
-                    method = %method,
-                    route,
-                    status,
-                    cache,
-                    duration_ms = duration.as_secs_f64() * 1000.0,
-                    upstream_ms = facts.upstream_ms,
-                    "request"
-                );
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        Observed {
+            inner: self.inner.call(request),
+            seen: Some(Seen {
+                started,
+                id,
+                method,
+                facts,
+                layer: self.layer.clone(),
+            }),
+        }
+    }
+}
+
+/// What the observe layer keeps of a request while it is served.
+#[derive(Debug)]
+struct Seen {
+    started: Instant,
+    id: HeaderValue,
+    method: Method,
+    facts: Arc<RequestFacts>,
+    layer: ObserveLayer,
+}
+
+pin_project_lite::pin_project! {
+    /// The inner answer, logged and counted as it leaves (a named future: no allocation).
+    #[derive(Debug)]
+    pub struct Observed<F> {
+        #[pin]
+        inner: F,
+        seen: Option<Seen>,
+    }
+}
+
+impl<F, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(seen) = this.seen.take() {
+            seen.finish(&mut response);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+impl Seen {
+    fn finish(self, response: &mut Response<ResponseBody>) {
+        let duration = self.started.elapsed();
+        let facts = &self.facts;
+        let status = response.status().as_u16();
+        let caller = facts.caller();
+        let error = response.extensions().get::<ErrorCode>().copied();
+        self.layer.metrics.record_request(Finished {
+            route: facts.route(),
+            status,
+            cache: facts.cache(),
+            caller: caller.map(|caller| CallerId {
+                name: &caller.name,
+                index: caller.index,
+            }),
+            error,
+            duration,
+        });
+        if let Some(FailureDetail(detail)) = response.extensions_mut().remove::<FailureDetail>() {
+            tracing::warn!(
+                request_id = self.id.to_str().unwrap_or_default(),
+                error = %detail,
+                code = error.map(ErrorCode::as_str),
+                "request failed"
+            );
+        }
+        if let Some(access_log) = &self.layer.access_log {
+            access_log.write(&AccessLine {
+                request_id: self.id.as_bytes(),
+                caller: caller.map(|caller| &*caller.name),
+                method: self.method.as_str(),
+                route: facts.route(),
+                status,
+                cache: facts.cache(),
+                duration,
+                upstream: facts.upstream(),
+            });
+        }
+        response.headers_mut().insert(X_REQUEST_ID.clone(), self.id);
     }
 }
 

@@ -88,6 +88,7 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
             running.admin.token_sha256 != next.admin.token_sha256,
         ),
         ("log", running.log != next.log),
+        ("shared", running.shared != next.shared),
     ];
     settings
         .into_iter()

@@ -151,7 +151,7 @@ where
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     // Closed at once: a waiting client learns now rather than at its timeout.
                     let before = limits.metrics.refused.inc();
-                    if before % 1000 == 0 {
+                    if before.is_multiple_of(1000) {
                         tracing::warn!(
                             max_connections = limits.max_connections,
                             refused = before + 1,

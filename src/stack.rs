@@ -21,6 +21,7 @@ use crate::normalize::{Normalize, NormalizeLayer};
 use crate::observe::ObserveLayer;
 use crate::ratelimit::RateLimitLayer;
 use crate::scope::{ScopeCheck, ScopeLayer};
+use crate::shared::Shared;
 use crate::upstream::Upstreams;
 
 /// The handles the rest of the gateway keeps on a built stack: reloads change the callers and
@@ -31,6 +32,8 @@ pub struct Handles {
     pub cache: CacheLayer,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
+    /// The shared tier, with `[shared]`.
+    pub shared: Option<Shared>,
 }
 
 /// Builds the gateway service for one configuration, and the handles on its parts.
@@ -59,7 +62,14 @@ where
 {
     let metrics = Arc::new(Metrics::new());
     let profiles = config.all_profiles();
-    let upstreams = Upstreams::new(config, metrics.clone())?;
+    // With `[shared]`, the budget (and callers' quotas) live in Redis; without, nothing is
+    // connected and everything stays in this process.
+    let shared = config
+        .shared
+        .as_ref()
+        .map(|shared| Shared::new(shared, metrics.redis.clone()))
+        .transpose()?;
+    let upstreams = Upstreams::new(config, metrics.clone(), shared.as_ref())?;
     let credentials = profiles
         .iter()
         .map(|p| CredentialId::of(&p.token))
@@ -67,6 +77,7 @@ where
     let callers = Callers::new(
         &config.callers,
         profiles.iter().map(|p| p.name.clone()).collect(),
+        metrics.clone(),
     )
     .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
     let failures = Arc::new(AuthFailures::new(
@@ -113,6 +124,7 @@ where
             cache,
             upstreams,
             metrics,
+            shared,
         },
     ))
 }

@@ -1,14 +1,23 @@
 //! Logging setup: one event per line on stdout, as JSON or text (`[log] format`; by default
-//! text on a terminal and JSON otherwise), filtered by `[log] level` unless `RUST_LOG` is set.
+//! text on a terminal and JSON otherwise), filtered by `[log] level` unless `RUST_LOG` is set;
+//! and the access log (`[log] access`), whose lines go the same way but off the serving
+//! threads (`access_log`).
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::access_log::{AccessLog, AccessLogGuard};
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(log: &LogConfig) {
+/// The target the access log answers to in level filters: `[log] level = "warn"` (or
+/// `RUST_LOG=usage_gateway::access=off`) silences it as it silenced the info-level line.
+pub const ACCESS_TARGET: &str = "usage_gateway::access";
+
+/// Installs the global subscriber and, when `[log] access` is on and the level filter lets
+/// its info lines through, the access log. Call once, from `main`, and keep the guard until
+/// the end: dropping it writes the access lines still pending.
+pub fn init(log: &LogConfig) -> Option<AccessLogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let terminal = std::io::stdout().is_terminal();
     let format = log.format.unwrap_or(if terminal {
@@ -32,6 +41,23 @@ pub fn init(log: &LogConfig) {
             .try_init(),
     };
     log_panics();
+    if !log.access || !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        return None;
+    }
+    let access_format = match format {
+        LogFormat::Json => crate::access_log::Format::Json,
+        LogFormat::Text => crate::access_log::Format::Text,
+    };
+    match AccessLog::start(access_format, Box::new(std::io::stdout())) {
+        Ok((access_log, guard)) => {
+            access_log.install();
+            Some(guard)
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot start the access log writer: no access lines");
+            None
+        }
+    }
 }
 
 /// Panics become one log event like any other (the error boundary answers them 500), with
@@ -53,9 +79,10 @@ fn log_panics() {
 }
 
 /// The logging of commands that run before (or without) a configuration.
-pub fn init_default() {
+pub fn init_default() -> Option<AccessLogGuard> {
     init(&LogConfig {
         format: None,
         level: "info".to_owned(),
-    });
+        access: true,
+    })
 }

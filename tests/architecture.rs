@@ -7,8 +7,18 @@ use std::path::Path;
 
 /// The layers, lowest first; keep in step with docs/ARCHITECTURE.md.
 const LAYERS: &[&[&str]] = &[
-    &["error", "window", "sync", "metrics", "query", "gzip"],
-    &["caller"],
+    &[
+        "error",
+        "window",
+        "sync",
+        "metrics",
+        "query",
+        "outcome",
+        "access_log",
+        "breaker",
+        "gzip",
+    ],
+    &["caller", "facts"],
     &["config"],
     &[
         "gate",
@@ -21,6 +31,7 @@ const LAYERS: &[&[&str]] = &[
         "normalize",
         "scope",
         "cache",
+        "shared",
         "upstream",
         "ratelimit",
         "cors",

@@ -201,10 +201,10 @@ impl Spelling {
         let mut out = String::new();
         for (i, c) in text.chars().enumerate() {
             let roll = self.escapes[(i + salt) % self.escapes.len()];
-            if c == '+' || roll % 4 == 0 {
+            if c == '+' || roll.is_multiple_of(4) {
                 let mut buf = [0u8; 4];
                 for byte in c.encode_utf8(&mut buf).bytes() {
-                    if roll % 8 == 0 {
+                    if roll.is_multiple_of(8) {
                         out.push_str(&format!("%{byte:02x}"));
                     } else {
                         out.push_str(&format!("%{byte:02X}"));
@@ -489,7 +489,7 @@ fn place_secret(secret: &str, quote: usize, place: Place, breakage: Breakage) ->
         Breakage::UnclosedStringBefore => assignment = format!("name = \"ops, {assignment}"),
         Breakage::EscapedQuoteInside => {
             assignment = assignment.replacen(secret, &format!("a\\\"{secret}\\\"b"), 1);
-            if quote % 4 != 0 {
+            if !quote.is_multiple_of(4) {
                 assignment.push_str(" x");
             }
         }

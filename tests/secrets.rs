@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use support::{get, get_as, send, Reply, BILLING_KEY, OPS_KEY, ORG_TOKEN};
+use usage_gateway::access_log::{AccessLog, Format};
 
 const PARTNER_TOKEN: &str = "partner-secret-token-2f8a";
 const PARTNER_KEY: &str = "partner-caller-key-93b0";
@@ -38,8 +39,21 @@ fn captured() -> &'static Captured {
             .with_max_level(tracing::Level::TRACE)
             .with_writer(move || writer.clone())
             .init();
+        // The access log, as `telemetry::init` starts it, into the same capture.
+        let (access_log, guard) =
+            AccessLog::start(Format::Json, Box::new(logs.clone())).expect("access log thread");
+        access_log.install();
+        // Lives as long as the test binary: its lines are read with `flush_access_log`.
+        std::mem::forget(guard);
         logs
     })
+}
+
+/// Waits until the access lines of finished requests are in the capture.
+fn flush_access_log() {
+    if let Some(access_log) = usage_gateway::access_log::installed() {
+        access_log.flush(std::time::Duration::from_secs(5));
+    }
 }
 
 fn assert_no_secret(text: &str, place: &str) {
@@ -117,6 +131,7 @@ async fn no_secret_in_any_response_or_log_line() {
     });
     answers.push(get(&gateway, "/usage/000000001").await);
     gateway.stop().await;
+    flush_access_log();
 
     for answer in &answers {
         assert_no_secret(&answer.body, "a response body");

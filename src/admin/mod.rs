@@ -2,8 +2,9 @@
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /` (the status page) and
 //! `POST /cache/purge`.
 //!
-//! Readiness is only "not draining": it is never tied to upstream health, so a slow upstream
-//! does not pull every replica out of its load balancer. Purge needs the admin token
+//! Readiness is only "not draining": it is never tied to upstream health (or, with `[shared]`,
+//! to Redis's), so a slow upstream or a Redis outage does not pull every replica out of its
+//! load balancer; the metrics and the status page say what is down. Purge needs the admin token
 //! (`[admin] token_sha256`, compared in constant time); with none configured it does not exist.
 //! Wrong tokens count per address like wrong keys on the callers' port: past
 //! `server.auth_failures_per_minute` an address gets 429 for the rest of its minute.
@@ -184,6 +185,7 @@ impl Admin {
                 .collect(),
             history,
             draining: self.draining.load(Ordering::Relaxed),
+            shared: self.handles.shared.as_ref().map(|shared| shared.view()),
         }
     }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::metrics::{CallerTotals, Sample};
+use crate::shared::SharedView;
 
 /// Everything the page shows.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +27,9 @@ pub struct StatusView {
     /// Cumulative samples, oldest first, one per sampling interval.
     pub history: Vec<Sample>,
     pub draining: bool,
+    /// The shared tier (`[shared]`), if any: where Redis is (never its credentials), whether
+    /// it answers, and this replica's name in it.
+    pub shared: Option<SharedView>,
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -75,6 +79,25 @@ fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// The shared tier: one process, or the replicas' Redis and whether it answers.
+fn shared_section(shared: Option<&SharedView>) -> String {
+    let Some(shared) = shared else {
+        return "<h2>Shared state</h2><p>none: one process (budget, quotas and cache in memory)</p>"
+            .to_owned();
+    };
+    let state = if shared.up {
+        "up: the budget is shared by every replica"
+    } else {
+        r#"<span class="bad">down</span>: no upstream call goes out (hits and stale answers go on)"#
+    };
+    format!(
+        "<h2>Shared state</h2><table><tr><th>Redis</th><td>{}</td></tr><tr><th>state</th><td>{state}</td></tr><tr><th>key prefix</th><td>{}</td></tr><tr><th>this replica</th><td>{}</td></tr></table>",
+        escape(&shared.redis),
+        escape(&shared.key_prefix),
+        escape(&shared.instance_id)
+    )
 }
 
 /// A small line chart of `values` (oldest first) as inline SVG.
@@ -183,6 +206,7 @@ td,th{{border-bottom:1px solid #eee;padding:.3em .8em;text-align:right}} th:firs
         );
     }
     html.push_str("</table>");
+    html.push_str(&shared_section(view.shared.as_ref()));
 
     html.push_str("<h2>Last 15 minutes</h2><div class=\"charts\">");
     let per_interval = |pick: fn(&Sample) -> u64| deltas(&view.history, pick);
@@ -286,6 +310,26 @@ mod tests {
             !html.contains("http://") && !html.contains("https://"),
             "no external assets"
         );
+    }
+
+    #[test]
+    fn the_page_says_whether_the_shared_redis_answers() {
+        let mut view = StatusView::default();
+        assert!(render(&view).contains("none: one process"));
+        view.shared = Some(SharedView {
+            redis: "redis://cache.internal:6379".into(),
+            up: false,
+            key_prefix: "usage-gateway".into(),
+            instance_id: "pod-1:7:0000abcd".into(),
+        });
+        let html = render(&view);
+        for expected in [
+            "<td>redis://cache.internal:6379</td>",
+            "<span class=\"bad\">down</span>",
+            "<td>pod-1:7:0000abcd</td>",
+        ] {
+            assert!(html.contains(expected), "missing {expected} in {html}");
+        }
     }
 
     #[test]

@@ -38,12 +38,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use http::header::CONTENT_TYPE;
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Response;
 use http_body_util::BodyExt;
 use time::OffsetDateTime;
 use tower::{Layer, Service, ServiceExt};
-use tracing::Instrument;
 
 pub use entry::{CacheKey, CachedResponse, CredentialId};
 pub use flight::Flights;
@@ -56,8 +55,10 @@ use self::flight::{FillResult, Joined};
 use crate::caller::Admitted;
 use crate::config::CacheConfig;
 use crate::error::{GatewayError, ResponseBody};
+use crate::facts::RequestFacts;
 use crate::gzip;
-use crate::observe::RequestFacts;
+use crate::observe::X_REQUEST_ID;
+use crate::outcome::CacheOutcome;
 use crate::query::{FilterKey, Route, UsageQuery};
 
 /// Keys are hashed with foldhash, seeded per process: SipHash, the default, was ~3% of a hit's
@@ -269,7 +270,7 @@ impl CacheLayer {
         key: CacheKey,
         request: Admitted,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let facts = RequestFacts::of(request.request.extensions());
+        let facts = RequestFacts::of(request.request.extensions()).cloned();
         let result = self.decide(inner, key, request, facts.as_deref()).await;
         if let Some(facts) = facts {
             let status = result
@@ -277,7 +278,7 @@ impl CacheLayer {
                 .ok()
                 .and_then(|response| response.extensions().get::<CacheStatus>());
             if let Some(status) = status {
-                facts.set_cache(status.as_str());
+                facts.set_cache(status.outcome());
             }
         }
         result
@@ -336,8 +337,11 @@ impl CacheLayer {
         };
 
         if let Some(facts) = facts {
-            facts.set_cache("miss");
+            facts.set_cache(CacheOutcome::Miss);
         }
+        // For the log line of a stale answer served instead of an error (no span carries it).
+        let request_id = request.request.headers().get(&X_REQUEST_ID).cloned();
+        let request_id = request_id.as_ref();
         let joined = self.flights.join_or_start(&key, || {
             // Only the request that starts a fill costs its caller an upstream call.
             caller
@@ -349,7 +353,11 @@ impl CacheLayer {
         let (fill, led) = match joined {
             Ok(Joined::Led(fill)) => (fill, true),
             Ok(Joined::Followed(fill)) => (fill, false),
-            Err(refused) => return self.stale_or(&key, stored.as_ref(), refused, accept).await,
+            Err(refused) => {
+                return self
+                    .stale_or(&key, stored.as_ref(), refused, accept, request_id)
+                    .await
+            }
         };
         let outcome = fill.await;
         let now = Instant::now();
@@ -373,7 +381,7 @@ impl CacheLayer {
                     Ok(answer.to_response(status, now, prepared.coding))
                 }
                 Unfilled::Failed(error) => {
-                    self.stale_or(&key, stored.as_ref(), error.clone(), accept)
+                    self.stale_or(&key, stored.as_ref(), error.clone(), accept, request_id)
                         .await
                 }
             },
@@ -387,6 +395,7 @@ impl CacheLayer {
         stored: Option<&Arc<CachedResponse>>,
         error: GatewayError,
         accept: Accept,
+        request_id: Option<&HeaderValue>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let Some(entry) = stored.filter(|_| error.stale_may_answer()) else {
             return Err(error);
@@ -399,7 +408,11 @@ impl CacheLayer {
             Freshness::Revalidate { expired } | Freshness::IfError { expired }
                 if expired < stale_windows.if_error =>
             {
-                tracing::info!(error = %error, "serving a stale answer instead of an upstream failure");
+                tracing::info!(
+                    request_id = request_id.and_then(|id| id.to_str().ok()),
+                    error = %error,
+                    "serving a stale answer instead of an upstream failure"
+                );
                 stale(expired, StaleReason::IfError)
             }
             _ => return Err(error),
@@ -482,7 +495,6 @@ impl CacheLayer {
         let ttl_policy = self.settings.load().ttl;
         let max_entry_bytes = self.max_entry_bytes;
         let fresh_for = policy::ttl_for(&request.query, OffsetDateTime::now_utc(), &ttl_policy);
-        let span = tracing::Span::current();
         async move {
             let result = fetch(inner, request, max_entry_bytes, fresh_for, forms).await;
             if let Ok(entry) = &result {
@@ -490,9 +502,6 @@ impl CacheLayer {
             }
             result.map_err(Arc::new)
         }
-        // The fill runs in the span of the request that started it, so its upstream timing
-        // lands on that request's log line.
-        .instrument(span)
         .boxed()
     }
 }
@@ -623,10 +632,14 @@ mod tests {
             upstream_per_minute,
             allow_refresh: false,
         };
-        Callers::new(&[config], vec!["default".into()])
-            .expect("valid")
-            .identify(key.as_bytes())
-            .expect("the caller's own key")
+        Callers::new(
+            &[config],
+            vec!["default".into()],
+            Arc::new(crate::metrics::Metrics::new()),
+        )
+        .expect("valid")
+        .identify(key.as_bytes())
+        .expect("the caller's own key")
     }
 
     fn request(target: &str, caller: &Caller) -> Admitted {

@@ -3,6 +3,8 @@
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::outcome::CacheOutcome;
+
 /// Name this cache gives itself in `Cache-Status` (RFC 9211 §2).
 pub const CACHE_NAME: &str = "usage-gateway";
 
@@ -72,22 +74,27 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    /// The `cache` field of the log line.
-    pub fn as_str(self) -> &'static str {
+    /// The `cache` field of the log line and label of the metrics.
+    pub fn outcome(self) -> CacheOutcome {
         match self {
-            CacheStatus::Hit { .. } => "hit",
+            CacheStatus::Hit { .. } => CacheOutcome::Hit,
             CacheStatus::Stale {
                 reason: StaleReason::WhileRevalidate,
                 ..
-            } => "stale-while-revalidate",
+            } => CacheOutcome::StaleWhileRevalidate,
             CacheStatus::Stale {
                 reason: StaleReason::IfError,
                 ..
-            } => "stale-if-error",
-            CacheStatus::Stored => "miss",
-            CacheStatus::Collapsed => "collapsed",
-            CacheStatus::Bypass { .. } => "bypass",
+            } => CacheOutcome::StaleIfError,
+            CacheStatus::Stored => CacheOutcome::Miss,
+            CacheStatus::Collapsed => CacheOutcome::Collapsed,
+            CacheStatus::Bypass { .. } => CacheOutcome::Bypass,
         }
+    }
+
+    /// The outcome's name (see [`CacheStatus::outcome`]).
+    pub fn as_str(self) -> &'static str {
+        self.outcome().as_str()
     }
 
     /// Answered from storage (so it carries `Age`).

@@ -24,7 +24,7 @@ use crate::caller::Scope;
 use serde::Deserialize;
 
 use raw::{Environment, File, Raw};
-pub use secret::{hash_key, without_userinfo, BaseUrl, Secret};
+pub use secret::{hash_key, without_userinfo, BaseUrl, RedisUrl, Secret};
 
 /// Prefix of environment overrides: `USAGE_GATEWAY__UPSTREAM__TOKEN` sets `upstream.token`.
 pub const ENV_PREFIX: &str = "USAGE_GATEWAY";
@@ -60,6 +60,12 @@ pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u64 = 10_000;
 pub const DEFAULT_HTTP2_MAX_STREAMS: u64 = 128;
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_KEY_PREFIX: &str = "usage-gateway";
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT_MS: u64 = 250;
+pub const DEFAULT_HOP_MARGIN_MS: u64 = 1_000;
+pub const DEFAULT_REDIS_BREAKER_FAILURES: u64 = 3;
+pub const DEFAULT_REDIS_BREAKER_COOLDOWN_MS: u64 = 1_000;
 /// The name `[[callers]] upstream` uses for the `[upstream]` table's own credential.
 pub const DEFAULT_PROFILE: &str = "default";
 
@@ -84,6 +90,31 @@ pub struct Config {
     pub profiles: Vec<ProfileConfig>,
     pub cache: CacheConfig,
     pub callers: Vec<CallerConfig>,
+    /// `[shared]`: the Redis tier of several replicas; `None` is one process on its own.
+    pub shared: Option<SharedConfig>,
+}
+
+/// `[shared]`: where the replicas' shared state lives and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// `redis://`, `rediss://` (TLS) or `unix://`; shown only without its credentials.
+    pub redis_url: RedisUrl,
+    /// Every key this gateway writes starts with it, so several deployments can share a Redis.
+    pub key_prefix: String,
+    /// This replica's name in Redis and on the status page; `None`: `hostname:pid:random`,
+    /// chosen at start (so a reload never sees it change).
+    pub instance_id: Option<String>,
+    pub connect_timeout: Duration,
+    /// Bound on one Redis command; past it the command counts as failed (and the call
+    /// waiting on it is refused, never sent unaccounted).
+    pub command_timeout: Duration,
+    /// How much longer than 60 s a call stays in the shared log: the time between the budget
+    /// take (on Redis's clock) and the call's arrival upstream may differ from call to call.
+    pub hop_margin: Duration,
+    /// Consecutive failed Redis commands that open the Redis breaker.
+    pub breaker_failures: u32,
+    /// How long the Redis breaker stays open before one command probes.
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +212,8 @@ pub struct LogConfig {
     pub format: Option<LogFormat>,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub level: String,
+    /// One access line per request (when the level lets info lines through).
+    pub access: bool,
 }
 
 /// One upstream credential: its token, how it is sent, and its own budget.
@@ -314,8 +347,20 @@ impl Config {
             .iter()
             .map(|p| format!("{} ({} calls/min)", p.name, p.rate_limit_per_minute))
             .collect();
+        let shared = match &self.shared {
+            None => "off (one process: budget, quotas and cache in memory)".to_owned(),
+            Some(shared) => format!(
+                "redis {} (prefix {}, command timeout {:?}, hop margin {:?}, breaker {} failures / {:?})",
+                shared.redis_url,
+                shared.key_prefix,
+                shared.command_timeout,
+                shared.hop_margin,
+                shared.breaker_failures,
+                shared.breaker_cooldown
+            ),
+        };
         format!(
-            "listen        {} (admin {}, purge {})\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\nbudget        {} calls/min, queue {:?}, concurrency {}, retries {}, breaker {} failures / {:?}\ncache         ttl {:?} (closed periods {:?}), max {} bytes, stale-while-revalidate {:?}, stale-if-error {:?}\nprofiles      {}\ncallers       {} ({})",
+            "listen        {} (admin {}, purge {})\nupstream      {} (auth_scheme {:?}, timeout {:?}, token set)\nbudget        {} calls/min, queue {:?}, concurrency {}, retries {}, breaker {} failures / {:?}\ncache         ttl {:?} (closed periods {:?}), max {} bytes, stale-while-revalidate {:?}, stale-if-error {:?}\nprofiles      {}\ncallers       {} ({})\nshared        {}",
             self.server.listen,
             self.admin.listen,
             if self.admin.token_sha256.is_some() { "enabled" } else { "disabled" },
@@ -335,7 +380,8 @@ impl Config {
             self.cache.stale_if_error,
             profiles.join(", "),
             self.callers.len(),
-            callers.join(", ")
+            callers.join(", "),
+            shared
         )
     }
 }

@@ -111,6 +111,25 @@ pub(super) struct Raw {
     pub(super) upstreams: Vec<RawProfile>,
     #[serde(default)]
     pub(super) callers: Vec<RawCaller>,
+    /// `[shared]`: absent means one process on its own, and no connection is attempted.
+    pub(super) shared: Option<RawShared>,
+}
+
+/// `[shared]`: the Redis tier several replicas share. The URL is a [`Secret`] (it may hold a
+/// password), so no serde message can repeat it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    pub(super) redis_url: Option<Secret>,
+    pub(super) redis_url_env: Option<String>,
+    pub(super) redis_url_file: Option<PathBuf>,
+    pub(super) key_prefix: Option<String>,
+    pub(super) instance_id: Option<String>,
+    pub(super) connect_timeout_ms: Option<u64>,
+    pub(super) command_timeout_ms: Option<u64>,
+    pub(super) hop_margin_ms: Option<u64>,
+    pub(super) breaker_failures: Option<u64>,
+    pub(super) breaker_cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +169,7 @@ pub(super) struct RawAdmin {
 pub(super) struct RawLog {
     pub(super) format: Option<LogFormat>,
     pub(super) level: Option<String>,
+    pub(super) access: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]

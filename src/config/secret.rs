@@ -165,6 +165,42 @@ pub fn without_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The Redis URL of `[shared]`. It may hold a password (`redis://:pw@host`, or `?pass=` on a
+/// socket), so the whole URL is a [`Secret`]; what is shown (`Display`, `Debug`) is only where
+/// it leads: scheme, host and port or socket path, and database, never userinfo or a query.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    url: Secret,
+    shown: Arc<str>,
+}
+
+impl RedisUrl {
+    /// `url`, with `shown` already cut to what may be displayed (see `validate/shared.rs`).
+    pub(super) fn new(url: Secret, shown: String) -> Self {
+        Self {
+            url,
+            shown: shown.into(),
+        }
+    }
+
+    /// The URL itself, password and all: call only where the connection is opened.
+    pub fn expose(&self) -> &str {
+        self.url.expose()
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.shown)
+    }
+}
+
 /// Hex SHA-256 of a caller key, as `key_sha256` wants it.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))

@@ -5,16 +5,20 @@
 //!   seconds) and adds what the upstream says about itself: a 429 or
 //!   `x-ratelimit-remaining: 0` closes the gate until the reset, and a positive `remaining`
 //!   caps the calls until that reset (counting the calls still in flight);
-//! - [`Budget`] is the shared, async face: a miss waits for budget up to its deadline, and is
-//!   told at once when budget cannot come back before it;
+//! - [`Budget`] is the async face every upstream call goes through: a miss waits for budget up
+//!   to its deadline, and is told at once when budget cannot come back before it. It is the
+//!   in-memory state above (one process), or the shared budget in Redis (`[shared]`: several
+//!   replicas, one log, the caller's quota taken in the same script; see `crate::shared`),
+//!   which fails closed: no answer from Redis, no call;
 //! - each can say what is left as an [`Allowance`] (limit, remaining, reset), which callers
 //!   see as `x-ratelimit-*` headers.
 //!
 //! The state takes `now` as an argument, so its rules are tested without a clock.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::shared::budget::{Correction, Denied, Grant, Quota, SharedBudget};
 pub use crate::window::{Allowance, SlidingWindow};
 
 /// What one upstream response says about the budget.
@@ -168,65 +172,177 @@ fn abs_diff(a: Instant, b: Instant) -> Duration {
 pub struct NoBudget {
     /// How long until budget returns.
     pub retry_after: Duration,
+    /// The caller's own quota refused it (checked here only with a shared budget; one process
+    /// charges it where the fill starts), not the profile's budget.
+    pub caller_quota: bool,
 }
 
-/// The shared upstream budget.
+impl NoBudget {
+    fn budget(retry_after: Duration) -> Self {
+        Self {
+            retry_after,
+            caller_quota: false,
+        }
+    }
+}
+
+/// A spent call, for the correction its answer brings.
+#[derive(Debug, Clone)]
+pub enum Taken {
+    Local(Ticket),
+    Shared(Grant),
+}
+
+/// A credential profile's upstream budget: in this process's memory, or shared in Redis.
 #[derive(Debug)]
 pub struct Budget {
-    state: Mutex<BudgetState>,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Local(Mutex<BudgetState>),
+    Shared {
+        budget: Arc<SharedBudget>,
+        per_minute: u64,
+    },
 }
 
 impl Budget {
+    /// The in-memory budget of one process.
     pub fn new(per_minute: usize) -> Self {
         Self {
-            state: Mutex::new(BudgetState::new(per_minute)),
+            kind: Kind::Local(Mutex::new(BudgetState::new(per_minute))),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+    /// The budget shared by every replica, through Redis.
+    pub fn shared(budget: SharedBudget, per_minute: u32) -> Self {
+        Self {
+            kind: Kind::Shared {
+                budget: Arc::new(budget),
+                per_minute: u64::from(per_minute),
+            },
+        }
+    }
+
+    fn lock(state: &Mutex<BudgetState>) -> std::sync::MutexGuard<'_, BudgetState> {
         // The state stays consistent between statements, so a panic elsewhere cannot have
         // left it half-updated: recover it rather than fail every later request.
-        crate::sync::lock(&self.state)
+        crate::sync::lock(state)
     }
 
-    /// Spends one call, waiting until `deadline` at most. Fails at once when budget cannot
-    /// return before the deadline.
-    pub async fn acquire(&self, deadline: Instant) -> Result<Ticket, NoBudget> {
-        loop {
-            let now = Instant::now();
-            let at = match self.lock().try_take(now) {
-                Ok(ticket) => return Ok(ticket),
-                Err(at) => at,
-            };
-            if at > deadline {
-                return Err(NoBudget {
-                    retry_after: at.saturating_duration_since(now),
-                });
-            }
-            tokio::time::sleep_until(at.into()).await;
+    /// Spends one call (and, with a shared budget, one of `quota`), waiting until `deadline`
+    /// at most. Fails at once when budget cannot return before the deadline, when the
+    /// caller's quota is spent, or when the shared budget cannot be reached.
+    pub async fn acquire(
+        &self,
+        deadline: Instant,
+        quota: Option<Quota<'_>>,
+    ) -> Result<Taken, NoBudget> {
+        match &self.kind {
+            Kind::Local(state) => loop {
+                let now = Instant::now();
+                let at = match Self::lock(state).try_take(now) {
+                    Ok(ticket) => return Ok(Taken::Local(ticket)),
+                    Err(at) => at,
+                };
+                if at > deadline {
+                    return Err(NoBudget::budget(at.saturating_duration_since(now)));
+                }
+                tokio::time::sleep_until(at.into()).await;
+            },
+            Kind::Shared { budget, .. } => loop {
+                let retry_after = match budget.take(quota).await {
+                    Ok(grant) => return Ok(Taken::Shared(grant)),
+                    Err(Denied::Budget { retry_after }) => retry_after,
+                    Err(Denied::Quota { retry_after }) => {
+                        return Err(NoBudget {
+                            retry_after,
+                            caller_quota: true,
+                        })
+                    }
+                    // Fail closed: without the shared count no call may go out.
+                    Err(Denied::Unavailable { retry_after }) => {
+                        return Err(NoBudget::budget(retry_after))
+                    }
+                };
+                let at = Instant::now() + retry_after;
+                if at > deadline {
+                    return Err(NoBudget::budget(retry_after));
+                }
+                tokio::time::sleep_until(at.into()).await;
+            },
         }
     }
 
-    /// Spends one call only if one is free right now.
-    pub fn try_acquire(&self) -> Result<Ticket, NoBudget> {
-        let now = Instant::now();
-        self.lock().try_take(now).map_err(|at| NoBudget {
-            retry_after: at.saturating_duration_since(now),
-        })
+    /// Corrects the budget with what the upstream said in answer to `taken`'s call. A shared
+    /// correction is sent on its own task: it reaches every replica even if the request that
+    /// made the call is gone.
+    pub fn observe(&self, taken: Taken, report: RateLimitReport) {
+        match (&self.kind, taken) {
+            (Kind::Local(state), Taken::Local(ticket)) => {
+                Self::lock(state).observe(ticket, report, Instant::now());
+            }
+            (Kind::Shared { budget, .. }, Taken::Shared(grant)) => {
+                let says_something = report != RateLimitReport::default();
+                if says_something || grant.probe {
+                    let budget = budget.clone();
+                    let correction = Correction {
+                        remaining: report.remaining,
+                        reset_in: report.reset_in,
+                        throttled_for: report.throttled_for,
+                    };
+                    tokio::spawn(async move { budget.correct(&grant, correction).await });
+                }
+            }
+            // A ticket from another kind of budget cannot happen: each upstream has one.
+            _ => {}
+        }
     }
 
-    pub fn observe(&self, ticket: Ticket, report: RateLimitReport) {
-        self.lock().observe(ticket, report, Instant::now());
-    }
-
-    /// Calls that could go out right now.
+    /// Calls that could go out right now (with a shared budget: as the last take said, and
+    /// none while Redis does not answer).
     pub fn remaining(&self) -> usize {
-        self.lock().remaining(Instant::now())
+        let remaining = self.allowance(Instant::now()).remaining;
+        usize::try_from(remaining).unwrap_or(usize::MAX)
     }
 
-    /// What is left at `now`, and when all of it is back.
+    /// What is left at `now`, and when all of it is back. A shared budget reports what its
+    /// last take said, never asking Redis again (hits never touch Redis).
     pub fn allowance(&self, now: Instant) -> Allowance {
-        self.lock().allowance(now)
+        match &self.kind {
+            Kind::Local(state) => Self::lock(state).allowance(now),
+            Kind::Shared { budget, per_minute } => {
+                let full = Allowance {
+                    limit: *per_minute,
+                    remaining: *per_minute,
+                    reset: now,
+                };
+                if !budget.reachable() {
+                    return Allowance {
+                        remaining: 0,
+                        reset: now + Duration::from_secs(1),
+                        ..full
+                    };
+                }
+                budget.allowance(now).unwrap_or(full)
+            }
+        }
+    }
+
+    /// What is left of `caller`'s quota, as the shared budget last saw it (`None` for a local
+    /// budget: the caller's own window says it).
+    pub fn quota_allowance(&self, caller: &str, now: Instant) -> Option<Allowance> {
+        match &self.kind {
+            Kind::Local(_) => None,
+            Kind::Shared { budget, .. } => budget.quota_allowance(caller, now),
+        }
+    }
+
+    /// Whether this budget lives in Redis.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.kind, Kind::Shared { .. })
     }
 }
 
@@ -386,10 +502,13 @@ mod tests {
     #[tokio::test]
     async fn acquire_fails_at_once_when_budget_returns_after_the_deadline() {
         let budget = Budget::new(1);
-        budget.try_acquire().expect("the one call");
+        budget
+            .acquire(Instant::now(), None)
+            .await
+            .expect("the one call");
         let started = Instant::now();
         let denied = budget
-            .acquire(started + Duration::from_millis(50))
+            .acquire(started + Duration::from_millis(50), None)
             .await
             .expect_err("no budget within the deadline");
         assert!(
@@ -402,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn acquire_waits_for_budget_that_returns_before_the_deadline() {
         let budget = Budget::new(5);
-        let ticket = budget.try_acquire().expect("budget");
+        let ticket = budget.acquire(Instant::now(), None).await.expect("budget");
         // A 429 closes the gate for 30 ms; the window itself still has budget.
         let report = RateLimitReport {
             throttled_for: Some(Duration::from_millis(30)),
@@ -411,7 +530,7 @@ mod tests {
         budget.observe(ticket, report);
         let started = Instant::now();
         budget
-            .acquire(started + Duration::from_secs(2))
+            .acquire(started + Duration::from_secs(2), None)
             .await
             .expect("budget once the gate opens");
         assert!(started.elapsed() >= Duration::from_millis(25));

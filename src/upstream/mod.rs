@@ -8,14 +8,16 @@
 //! - no call leaves without budget ([`budget`]): never more than
 //!   `upstream.rate_limit_per_minute` calls in any 60 seconds, none while the upstream's own
 //!   window is spent; a call waits for budget up to `upstream.queue_timeout_ms`, and is refused
-//!   at once when budget cannot return in time;
+//!   at once when budget cannot return in time; with `[shared]` the budget (and the caller's
+//!   quota) is the one all replicas share, and no call leaves while Redis does not answer;
 //! - at most `upstream.max_concurrency` calls are in flight;
 //! - while the circuit breaker ([`breaker`]) is open, calls fail fast without spending budget;
 //! - a connection error or a 502/503/504 is retried `upstream.retries` times after a short
 //!   jittered pause, only if budget is free at that moment; timeouts, 4xx and 429 never are;
 //! - `upstream.timeout_ms` bounds each attempt, body included.
 
-pub mod breaker;
+/// The breaker lives below (the shared tier has one too); its old path stays.
+pub use crate::breaker;
 pub mod budget;
 pub mod client;
 
@@ -33,13 +35,15 @@ use tokio::sync::Semaphore;
 use tower::Service;
 
 use self::breaker::{Breaker, Outcome};
-use self::budget::Budget;
-use crate::caller::Admitted;
+use self::budget::{Budget, Taken};
+use crate::caller::{Admitted, Caller};
 use crate::config::{AuthScheme, ProfileConfig, UpstreamConfig};
 use crate::error::{GatewayError, ResponseBody};
-use crate::metrics::Metrics;
-use crate::observe::RequestFacts;
+use crate::facts::RequestFacts;
+use crate::metrics::{CallerId, Metrics};
 use crate::query::UsageQuery;
+use crate::shared::budget::{Limits, Quota};
+use crate::shared::Shared;
 
 pub use self::client::{classify, https_client, kept_headers, retry_after, HttpsClient, Verdict};
 
@@ -59,9 +63,27 @@ pub struct Shield {
 }
 
 impl Shield {
-    pub fn new(config: &UpstreamConfig, profile: &ProfileConfig) -> Self {
+    /// The shield of one credential profile; its budget is `shared`'s when there is one.
+    pub fn new(config: &UpstreamConfig, profile: &ProfileConfig, shared: Option<&Shared>) -> Self {
+        let budget = match shared {
+            None => Budget::new(profile.rate_limit_per_minute as usize),
+            Some(shared) => {
+                let limits = Limits {
+                    per_window: profile.rate_limit_per_minute,
+                    window: Duration::from_secs(60),
+                    hop_margin: shared.hop_margin(),
+                    // A probe that never reports (its request cancelled mid-way) frees the
+                    // way for the next once an attempt could no longer be running.
+                    probe_lease: config.timeout + Duration::from_secs(1),
+                };
+                Budget::shared(
+                    shared.budget(&profile.name, limits),
+                    profile.rate_limit_per_minute,
+                )
+            }
+        };
         Self {
-            budget: Budget::new(profile.rate_limit_per_minute as usize),
+            budget,
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
             concurrency: Semaphore::new(config.max_concurrency as usize),
             queue_timeout: config.queue_timeout,
@@ -137,6 +159,7 @@ impl Upstream {
         profile: &ProfileConfig,
         client: HttpsClient,
         metrics: Arc<Metrics>,
+        shared: Option<&Shared>,
     ) -> Result<Upstream, std::io::Error> {
         let uri = &config.base_url;
         let base = format!(
@@ -164,7 +187,7 @@ impl Upstream {
             base: base.into(),
             authorization,
             timeout: config.timeout,
-            shield: Arc::new(Shield::new(config, profile)),
+            shield: Arc::new(Shield::new(config, profile, shared)),
         })
     }
 
@@ -190,7 +213,7 @@ impl Upstream {
         query: UsageQuery,
         wait: bool,
         facts: Option<Arc<RequestFacts>>,
-        caller: Option<Arc<str>>,
+        caller: Option<Caller>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let started = Instant::now();
         let mut deadline = if wait {
@@ -199,8 +222,19 @@ impl Upstream {
             started
         };
         let mut retry = 0;
+        // A shared budget charges the caller's quota in the budget's own take, once per
+        // question: on the first attempt, not on its retries.
+        let quota = caller.as_ref().and_then(|caller| {
+            Some(Quota {
+                caller: &caller.name,
+                per_minute: caller.policy.quota_per_minute()?,
+            })
+        });
         let result = loop {
-            let result = self.attempt(&query, deadline, caller.as_ref()).await;
+            let charge = if retry == 0 { quota } else { None };
+            let result = self
+                .attempt(&query, deadline, caller.as_ref(), charge)
+                .await;
             match result {
                 Err(error) if retry < self.shield.retries && retryable(&error) => {
                     retry += 1;
@@ -214,7 +248,7 @@ impl Upstream {
             }
         };
         if let Some(facts) = facts {
-            facts.add_upstream_ms(started.elapsed().as_millis() as u64);
+            facts.add_upstream(started.elapsed());
         }
         result
     }
@@ -224,7 +258,8 @@ impl Upstream {
         &self,
         query: &UsageQuery,
         deadline: Instant,
-        caller: Option<&Arc<str>>,
+        caller: Option<&Caller>,
+        quota: Option<Quota<'_>>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let shield = &self.shield;
         let admitted =
@@ -241,9 +276,15 @@ impl Upstream {
             })?
             .map_err(|_| GatewayError::Internal("the upstream concurrency semaphore closed"))?;
         // Budget is taken last, right before sending, so the window records send times.
-        let ticket = shield.budget.acquire(deadline).await.map_err(|no| {
-            GatewayError::UpstreamBudgetExhausted {
-                retry_after: no.retry_after,
+        let ticket: Taken = shield.budget.acquire(deadline, quota).await.map_err(|no| {
+            if no.caller_quota {
+                GatewayError::CallerQuotaExceeded {
+                    retry_after: no.retry_after,
+                }
+            } else {
+                GatewayError::UpstreamBudgetExhausted {
+                    retry_after: no.retry_after,
+                }
             }
         })?;
         let request = self.request_for(query)?;
@@ -264,6 +305,10 @@ impl Upstream {
                 (Err(GatewayError::UpstreamTimeout(self.timeout)), "timeout")
             }
         };
+        let caller = caller.map(|caller| CallerId {
+            name: &caller.name,
+            index: caller.index,
+        });
         self.metrics
             .record_upstream(&self.profile, status, caller, sent.elapsed());
         result
@@ -282,13 +327,20 @@ impl Upstreams {
     pub fn new(
         config: &crate::config::Config,
         metrics: Arc<Metrics>,
+        shared: Option<&Shared>,
     ) -> Result<Upstreams, std::io::Error> {
         let client = https_client();
         let profiles = config
             .all_profiles()
             .iter()
             .map(|profile| {
-                Upstream::new(&config.upstream, profile, client.clone(), metrics.clone())
+                Upstream::new(
+                    &config.upstream,
+                    profile,
+                    client.clone(),
+                    metrics.clone(),
+                    shared,
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams {
@@ -332,11 +384,11 @@ impl Service<Admitted> for Upstreams {
                 "a caller names a credential profile that does not exist",
             ))));
         };
-        let facts = RequestFacts::of(request.extensions());
+        let facts = RequestFacts::of(request.extensions()).cloned();
         Box::pin(
             upstream
                 .clone()
-                .fetch(query, !background, facts, Some(caller.name)),
+                .fetch(query, !background, facts, Some(caller)),
         )
     }
 }
@@ -369,7 +421,14 @@ mod tests {
     }
 
     fn upstream((config, profile): &(UpstreamConfig, ProfileConfig)) -> Upstream {
-        Upstream::new(config, profile, https_client(), Arc::new(Metrics::new())).expect("client")
+        Upstream::new(
+            config,
+            profile,
+            https_client(),
+            Arc::new(Metrics::new()),
+            None,
+        )
+        .expect("client")
     }
 
     #[test]

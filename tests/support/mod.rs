@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod raw;
+pub mod redis_server;
 pub mod sim;
 
 use std::net::SocketAddr;

@@ -4,9 +4,14 @@
 //! status is known; the log keeps the last `LOG_CAPACITY` requests, oldest first, with the
 //! request target exactly as received. Recording takes one short mutex and, once the log is
 //! full, reuses the evicted entry's buffer instead of allocating.
+//!
+//! `peak_60s` is the most API requests seen in any sliding 60 seconds of real time (whatever
+//! the simulated clock says): what a gateway (or several) sent in its busiest minute, the
+//! number a benchmark compares with the 600-a-minute limit.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::{json, Map, Value};
@@ -14,6 +19,9 @@ use serde_json::{json, Map, Value};
 use crate::options::Misbehavior;
 
 pub(crate) const LOG_CAPACITY: usize = 1000;
+
+/// The window of `peak_60s`.
+const PEAK_WINDOW: Duration = Duration::from_secs(60);
 
 /// Which API endpoint a request addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +104,10 @@ struct Counters {
     /// Misbehaving answers by mode, indexed like `Misbehavior::ALL`.
     misbehaviors: [u64; Misbehavior::ALL.len()],
     log: VecDeque<LogEntry>,
+    /// Arrival times of the requests of the last 60 seconds, oldest first.
+    recent: VecDeque<Instant>,
+    /// The most requests any 60 seconds held so far.
+    peak_60s: u64,
 }
 
 /// Counters plus the request log.
@@ -124,7 +136,23 @@ impl Stats {
     }
 
     pub fn record(&self, obs: &Observation<'_>) {
+        self.record_at(obs, Instant::now());
+    }
+
+    /// Records `obs` as arrived at `now` (tests pass their own instants).
+    pub(crate) fn record_at(&self, obs: &Observation<'_>, now: Instant) {
         let mut c = self.lock();
+        // The window ending now holds every request less than 60 s older than this one; the
+        // busiest window always ends with some request, so checking at each is exact.
+        while c
+            .recent
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= PEAK_WINDOW)
+        {
+            c.recent.pop_front();
+        }
+        c.recent.push_back(now);
+        c.peak_60s = c.peak_60s.max(c.recent.len() as u64);
         c.total += 1;
         c.by_endpoint[obs.endpoint as usize] += 1;
         if let Some(k) = obs.key {
@@ -197,6 +225,7 @@ impl Stats {
             .collect();
         let mut out = Map::new();
         out.insert("requests_total".into(), json!(c.total));
+        out.insert("peak_60s".into(), json!(c.peak_60s));
         out.insert("by_endpoint".into(), Value::Object(by_endpoint));
         out.insert("by_key".into(), Value::Object(by_key));
         out.insert("by_status".into(), Value::Object(by_status));
@@ -259,6 +288,27 @@ mod tests {
         assert_eq!(j["by_key"]["k"], 2);
         assert_eq!(j["by_status"]["400"], 1);
         assert_eq!(j["by_auth_form"]["raw"], 2);
+    }
+
+    #[test]
+    fn peak_60s_is_the_busiest_sliding_minute() {
+        let s = Stats::new(vec![]);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // 3 requests in the first second, 2 at 59.5 s (a sliding minute holds all 5), then
+        // 1 at 60.5 s (the first three have left: 3 in that minute).
+        for ms in [0, 500, 1_000, 59_500, 59_600, 60_500] {
+            s.record_at(&obs("/usage", 200), at(ms));
+        }
+        assert_eq!(Value::Object(s.counters_json())["peak_60s"], 5);
+        // Exactly 60 s later the first request no longer counts (a window is half-open).
+        let t = Stats::new(vec![]);
+        for ms in [0, 60_000] {
+            t.record_at(&obs("/usage", 200), at(ms));
+        }
+        assert_eq!(Value::Object(t.counters_json())["peak_60s"], 1);
+        s.reset();
+        assert_eq!(Value::Object(s.counters_json())["peak_60s"], 0);
     }
 
     #[test]

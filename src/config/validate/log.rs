@@ -1,4 +1,4 @@
-//! `[log]`: the format and the level filter of log lines.
+//! `[log]`: the format and the level filter of log lines, and the access log switch.
 
 use crate::config::raw::RawLog;
 use crate::config::LogConfig;
@@ -13,5 +13,6 @@ pub(super) fn validate(raw: RawLog, problems: &mut Vec<String>) -> LogConfig {
     LogConfig {
         format: raw.format,
         level,
+        access: raw.access.unwrap_or(true),
     }
 }

@@ -6,6 +6,7 @@ mod cache;
 mod callers;
 mod log;
 mod server;
+mod shared;
 mod upstream;
 
 use super::raw::Raw;
@@ -28,6 +29,9 @@ pub(super) fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let profiles = upstream::profiles(raw.upstreams, upstream.as_ref(), &mut problems);
     let cache = cache::validate(raw.cache, &mut problems);
     let callers = callers::validate(raw.callers, &profiles, &declared, &mut problems);
+    let shared = raw
+        .shared
+        .and_then(|raw| shared::validate(raw, &mut problems));
 
     match upstream {
         Some(upstream) if problems.is_empty() => Ok(Config {
@@ -38,6 +42,7 @@ pub(super) fn validate(raw: Raw) -> Result<Config, ConfigError> {
             profiles,
             cache,
             callers,
+            shared,
         }),
         _ => Err(ConfigError { problems }),
     }

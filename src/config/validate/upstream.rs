@@ -110,7 +110,7 @@ struct TokenSources {
 const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a token file, refusing one larger than [`MAX_TOKEN_FILE_BYTES`].
-fn read_token_file(path: &Path) -> std::io::Result<String> {
+pub(super) fn read_token_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
     let mut text = String::new();
     std::fs::File::open(path)?

@@ -1,8 +1,10 @@
-//! The circuit breaker: after `failures` consecutive upstream failures, stop asking for
-//! `cooldown`, then let exactly one probe decide whether to start again.
+//! The circuit breaker: after `failures` consecutive failures of a dependency, stop asking it
+//! for `cooldown`, then let exactly one probe decide whether to start again.
 //!
-//! While open, misses fail fast (and are served stale where possible) without spending budget
-//! or waiting on a dead upstream. The state machine is pure: `now` is an argument.
+//! Two dependencies have one: the upstream (`upstream`: while open, misses fail fast and are
+//! served stale where possible, without spending budget or waiting on a dead upstream) and
+//! Redis (`shared`: while open, no request pays a command timeout to learn that Redis is still
+//! gone). The state machine is pure: `now` is an argument.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,12 +41,12 @@ pub struct Open {
 /// What became of an admitted call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The upstream answered (any status that is not its failure, 429 included: that is the
-    /// budget's business, not the upstream's health).
+    /// It answered (for the upstream: any status that is not its failure, 429 included: that
+    /// is the budget's business, not the upstream's health).
     Healthy,
-    /// Connection error, timeout or 5xx.
+    /// Connection error, timeout or (upstream) 5xx.
     Failed,
-    /// The call never completed (cancelled): it says nothing about the upstream.
+    /// The call never completed (cancelled): it says nothing about the dependency.
     Abandoned,
 }
 
