@@ -4,6 +4,11 @@
 //! answer, and nothing else: no caller name, no caller header, no raw query text, so no caller
 //! can plant an entry that another question would read (cache poisoning), and two upstream
 //! tokens never share an entry. Bodies are `Bytes`: serving a hit copies no body bytes.
+//!
+//! An answer is held in the forms its callers read: gzip (the upstream's bytes as sent, or
+//! compressed here once) and the body itself (as fetched, or decoded once). A form is made at
+//! most once per entry, by the first caller that needs it, never per hit; the weigher counts
+//! every form held, and an entry that gains one is weighed again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,7 +241,7 @@ impl CachedResponse {
 
     /// moka's weigher: every stored form of the body, the key and a fixed overhead,
     /// saturating at `u32::MAX`. moka weighs at insert: an entry that grows (its body decoded
-    /// for an identity reader) is inserted again to be weighed again.
+    /// for a plain reader, or compressed for a gzip one) is inserted again to be weighed again.
     pub fn weight(key: &CacheKey, value: &Arc<CachedResponse>) -> u32 {
         let bytes = value.stored_len() + key.target.len() + ENTRY_OVERHEAD;
         u32::try_from(bytes).unwrap_or(u32::MAX)
@@ -247,10 +252,10 @@ impl CachedResponse {
     }
 
     /// The response for one caller, in `coding` if that form is held (call [`Self::prepare`]
-    /// first, and pass the coding it chose). `Age`
-    /// (RFC 9111 §5.1) accompanies answers served from storage. A 200's form depends on the
-    /// caller's `Accept-Encoding`, so every 200 says `Vary: Accept-Encoding` (RFC 9110 §12.5.5),
-    /// also in identity, so no cache downstream hands one caller's form to another.
+    /// first, and pass the coding it chose). `Age` (RFC 9111 §5.1) accompanies answers served
+    /// from storage. A 200's form depends on the caller's `Accept-Encoding`, so every 200 says
+    /// `Vary: Accept-Encoding` (RFC 9110 §12.5.5), the plain one too, so no cache downstream
+    /// hands one caller's form to another.
     pub fn to_response(
         &self,
         status: CacheStatus,
