@@ -255,9 +255,10 @@ async fn a_gzip_body_that_is_not_json_is_an_error_and_never_stored() {
 }
 
 #[tokio::test]
-async fn a_gzip_bomb_is_refused_without_decoding_it_whole() {
+async fn a_gzip_bomb_is_refused_and_leaves_nothing_stored() {
     let upstream = FakeUpstream::start().await;
-    // 48 MiB of JSON whitespace (over the 32 MiB the gateway reads) in about 50 KiB of gzip.
+    // 48 MiB of JSON whitespace (over the 32 MiB the gateway reads) in well under 1 MiB of gzip;
+    // the decoder stops at the bound (see `gzip::decode`s tests).
     let mut huge = vec![b' '; 48 * 1024 * 1024];
     huge[0] = b'{';
     let last = huge.len() - 1;
@@ -417,5 +418,76 @@ async fn an_answer_filled_plain_gains_its_gzip_form_once_on_its_first_gzip_read(
     let again = fetch(&gateway, TARGET, Some("gzip")).await;
     assert_eq!(again.body, first.body, "made once, then served as held");
     assert_eq!(cache_bytes(&gateway).await, both);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_not_stored_is_served_gzip_only_if_the_upstream_sent_gzip() {
+    let upstream = FakeUpstream::start().await;
+    let gateway = gateway_for(&upstream.base_url()).await;
+    let plain = page(1).body;
+    let sent = bytes::Bytes::from(gzip(&plain));
+    let as_sent = sent.clone();
+    upstream.script(move |_, _| {
+        page(1)
+            .header("cache-control", "no-store")
+            .header("content-encoding", "gzip")
+            .body(as_sent.clone())
+    });
+    let zipped = fetch(&gateway, TARGET, Some("gzip")).await;
+    assert_eq!(
+        zipped.header("cache-status"),
+        Some("usage-gateway; fwd=miss; detail=no-store")
+    );
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(zipped.body, sent, "the upstream's bytes as sent");
+    let identity = fetch(&gateway, TARGET, None).await;
+    assert_eq!(identity.header("content-encoding"), None);
+    assert_eq!(identity.body, plain);
+    // Sent plain and not stored: not compressed here (it is served once).
+    upstream.script(|_, _| page(1).header("cache-control", "no-store"));
+    let uncompressed = fetch(&gateway, TARGET, Some("gzip")).await;
+    assert_eq!(uncompressed.header("content-encoding"), None);
+    assert_eq!(uncompressed.header("vary"), Some("accept-encoding"));
+    assert_eq!(uncompressed.body, plain);
+    assert_eq!(upstream.calls(), 3, "nothing was stored");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn vary_names_accept_encoding_beside_the_cors_layers_own() {
+    const ORIGIN: &str = "https://dashboard.example.com";
+    let sim = start_sim(small()).await;
+    let mut config = support::config_with(
+        &sim.base_url(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.cors]\nallow_origins = [\"{ORIGIN}\"]\n[[callers]]\nname = \"billing\"\nkey = \"{BILLING_KEY}\""
+        ),
+    );
+    config.upstream.retries = 0;
+    let gateway = Gateway::start(config).await;
+    let auth = format!("Bearer {BILLING_KEY}");
+    let answer = RawClient::connect(gateway.addr)
+        .await
+        .get(
+            TARGET,
+            &[
+                ("authorization", &auth),
+                ("origin", ORIGIN),
+                ("accept-encoding", "gzip"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("content-encoding"), Some("gzip"));
+    let vary: Vec<&str> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "vary")
+        .flat_map(|(_, value)| value.split(','))
+        .map(str::trim)
+        .collect();
+    assert!(vary.contains(&"accept-encoding"), "{vary:?}");
+    assert!(vary.iter().any(|v| v.eq_ignore_ascii_case("origin")), "{vary:?}");
     gateway.stop().await;
 }
