@@ -258,7 +258,7 @@ async fn a_gzip_body_that_is_not_json_is_an_error_and_never_stored() {
 async fn a_gzip_bomb_is_refused_and_leaves_nothing_stored() {
     let upstream = FakeUpstream::start().await;
     // 48 MiB of JSON whitespace (over the 32 MiB the gateway reads) in well under 1 MiB of gzip;
-    // the decoder stops at the bound (see `gzip::decode`s tests).
+    // the decoder stops at the bound (the tests of `gzip::decode`).
     let mut huge = vec![b' '; 48 * 1024 * 1024];
     huge[0] = b'{';
     let last = huge.len() - 1;
