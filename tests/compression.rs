@@ -488,6 +488,9 @@ async fn vary_names_accept_encoding_beside_the_cors_layers_own() {
         .map(str::trim)
         .collect();
     assert!(vary.contains(&"accept-encoding"), "{vary:?}");
-    assert!(vary.iter().any(|v| v.eq_ignore_ascii_case("origin")), "{vary:?}");
+    assert!(
+        vary.iter().any(|v| v.eq_ignore_ascii_case("origin")),
+        "{vary:?}"
+    );
     gateway.stop().await;
 }
