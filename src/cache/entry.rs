@@ -26,9 +26,11 @@ use crate::config::Secret;
 use crate::error::{GatewayError, ResponseBody};
 use crate::gzip;
 
-/// Fixed bookkeeping per entry (key, Arc, moka's node), counted so that many tiny entries
-/// cannot exceed `cache.max_bytes` by their overhead alone.
-pub(super) const ENTRY_OVERHEAD: usize = 256;
+/// Fixed bookkeeping per entry, counted so that many tiny entries cannot exceed
+/// `cache.max_bytes` by their overhead alone: the entry itself (its status, headers, instants
+/// and the once-cells of its two forms), the key, their `Arc`s, and moka's node. It was 256
+/// with the single-body entry; the two forms' once-cells add 128 bytes to the entry.
+pub(super) const ENTRY_OVERHEAD: usize = 384;
 
 /// Identifies an upstream credential without holding it: the first 8 bytes of its SHA-256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -374,6 +376,20 @@ impl moka::Expiry<CacheKey, Arc<CachedResponse>> for EntryExpiry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fixed_overhead_grows_with_the_entry() {
+        let entry = std::mem::size_of::<CachedResponse>();
+        let key = std::mem::size_of::<CacheKey>();
+        // Two Arc headers (strong and weak counts) and the key's Arc<str> header.
+        let arcs = 3 * 2 * std::mem::size_of::<usize>();
+        // A tripwire: what is left for moka's node stays what it was with the single-body
+        // entry (256 - 112 - 24 - 48 = 72 B); an entry that grows must raise the overhead.
+        assert!(
+            entry + key + arcs + 64 <= ENTRY_OVERHEAD,
+            "entry {entry} B + key {key} B + arcs {arcs} B leave too little of {ENTRY_OVERHEAD} B"
+        );
+    }
 
     #[test]
     fn different_credentials_never_share_a_key() {
