@@ -406,6 +406,45 @@ def hits_table(recs, cell, title, lines, verdicts):
             verdicts.append((f"{cell}: req/s vs static limit", gw_rps / med([r["rps"] for r in by["nginx-static"]]), "≥ 0.8"))
 
 
+def gzip_table(recs, cell, title, lines, verdicts):
+    rows = [r for r in recs if r["scenario"] == "gzip" and r["cell"] == cell]
+    if not rows:
+        return
+    names = contenders_in(rows, "gzip")
+    by = {n: [r for r in rows if r["contender"] == n] for n in names}
+    per_answer = {n: med([r["head_bytes"] + r["body_bytes"] for r in by[n]]) for n in names}
+    gw = by.get(GW, [])
+    gw_rps, gw_p99 = med([r["rps"] for r in gw]), med([r["p99"] for r in gw])
+    lines.append(f"#### {title}\n")
+    lines.append(
+        "| contender | req/s median (min–max) | p50 ms | p99 ms | errors | body bytes | "
+        "bytes/answer (head + body) | usage-gateway req/s ÷ this | usage-gateway p99 ÷ this | "
+        "usage-gateway bytes/answer ÷ this |"
+    )
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in names:
+        rs = by[n]
+        rps = [r["rps"] for r in rs]
+        errs = sum(r["non2xx"] + r["socket_errors"] for r in rs)
+        is_gw = n == GW
+        lines.append(
+            f"| {'**' + n + '**' if is_gw else n} | {spread(rps, 0)} | "
+            f"{spread([r['p50'] for r in rs], 3)} | {spread([r['p99'] for r in rs], 3)} | {errs} | "
+            f"{fmt(med([r['body_bytes'] for r in rs]))} | {fmt(per_answer[n])} | "
+            f"{'' if is_gw else ratio(gw_rps, med(rps))} | "
+            f"{'' if is_gw else ratio(gw_p99, med([r['p99'] for r in rs]))} | "
+            f"{'' if is_gw else ratio(per_answer.get(GW), per_answer[n])} |"
+        )
+    lines.append("")
+    # issue 14 targets: at least Varnish-storing-gzip's req/s, at most 1.1x its bytes per answer
+    if gw and "varnish-gzip" in by:
+        v_rps = med([r["rps"] for r in by["varnish-gzip"]])
+        verdicts.append((f"gzip {cell}: req/s vs Varnish storing gzip", gw_rps / v_rps, "≥ 1.0"))
+        verdicts.append(
+            (f"gzip {cell}: bytes/answer ÷ Varnish storing gzip", per_answer[GW] / per_answer["varnish-gzip"], "≤ 1.1")
+        )
+
+
 def stampede_table(recs, lines, verdicts, latency_ms):
     rows = [r for r in recs if r["scenario"] == "stampede"]
     if not rows:
@@ -540,6 +579,12 @@ def cmd_report(args):
         shipped_table(recs, cell, title.format(small=small, large=large), body, verdicts)
     for cell, title in cells:
         hits_table(recs, cell, title.format(small=small, large=large), body, verdicts)
+    gzip_large = meta.get("gzip_large_desc", "large")
+    for cell, title in (
+        ("small-c32", "6a. Hot hits for gzip callers (Accept-Encoding: gzip), small body ({small}), wrk -t1 -c32"),
+        ("large-c32", "6b. Hot hits for gzip callers (Accept-Encoding: gzip), large body ({large}), wrk -t1 -c32"),
+    ):
+        gzip_table(recs, cell, title.format(small=small, large=gzip_large), body, verdicts)
     if any(r["scenario"] == "stampede" for r in recs):
         body.append(
             f"#### 3. Stampede: {meta.get('stampede_n', 500)} simultaneous requests for one cold key, "
