@@ -92,6 +92,11 @@ struct Forms {
 /// worker thread.
 const INLINE_CODING_BYTES: usize = 32 * 1024;
 
+/// Headers an answer from storage ends up with: its own five (content type, `Vary`,
+/// `Content-Encoding`, `Age`, `Cache-Status`), three `x-ratelimit-*`, `X-Request-Id`, and up to
+/// three of CORS.
+const ANSWER_HEADERS: usize = 12;
+
 impl CachedResponse {
     /// An answer held as its body (`plain`); its gzip form is made when first wanted.
     pub fn plain(
@@ -278,6 +283,10 @@ impl CachedResponse {
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
+        // Room for every header the outer layers add too (rate limits, request id, CORS):
+        // made once at this size, the map never grows (and rehashes) on the way out, which
+        // was ~4% of a hit's instructions (callgrind).
+        headers.reserve(ANSWER_HEADERS);
         if let Some(content_type) = &self.content_type {
             headers.insert(CONTENT_TYPE, content_type.clone());
         }
