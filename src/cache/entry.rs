@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::status::{CacheStatus, CACHE_STATUS};
 use crate::config::Secret;
 use crate::error::ResponseBody;
+use crate::shared::cache::SharedEntry;
 
 /// Fixed bookkeeping per entry (key, Arc, moka's node), counted so that many tiny entries
 /// cannot exceed `cache.max_bytes` by their overhead alone.
@@ -52,6 +53,12 @@ impl CacheKey {
     pub fn target(&self) -> &str {
         &self.target
     }
+
+    /// The whole question, as the shared cache names and checks it: the credential's identity
+    /// and the canonical target.
+    pub fn question(&self) -> String {
+        format!("{:016x} {}", self.credential.0, self.target)
+    }
 }
 
 /// A buffered upstream answer: what the cache stores, and what coalesced waiters share.
@@ -82,6 +89,46 @@ impl CachedResponse {
             body: Bytes::copy_from_slice(&self.body),
             ..self
         }
+    }
+
+    /// This answer as the shared cache stores it (`stored_at_ms` is set by Redis). The one
+    /// place that reads a stored answer's parts for the shared tier: a change of how answers
+    /// are held here changes this pair, not the shared tier.
+    pub fn to_shared(&self, question: String) -> SharedEntry {
+        SharedEntry {
+            stored_at_ms: 0,
+            fresh_for: self.fresh_for,
+            status: self.status.as_u16(),
+            content_type: self
+                .content_type
+                .as_ref()
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            question,
+            body: self.body.clone(),
+        }
+    }
+
+    /// The answer `entry` holds, `age` old now: it expires here when it expires in Redis.
+    /// `None` for a status or content type that is not valid.
+    pub fn from_shared(entry: SharedEntry, age: Duration) -> Option<Self> {
+        let now = Instant::now();
+        // Shortly after boot the monotonic clock cannot go back `age`: keep the absolute
+        // expiry by shortening the freshness instead.
+        let (stored_at, fresh_for) = match now.checked_sub(age) {
+            Some(at) => (at, entry.fresh_for),
+            None => (now, entry.fresh_for.saturating_sub(age)),
+        };
+        Some(Self {
+            status: StatusCode::from_u16(entry.status).ok()?,
+            content_type: match entry.content_type {
+                Some(value) => Some(HeaderValue::from_str(&value).ok()?),
+                None => None,
+            },
+            body: entry.body,
+            stored_at,
+            fresh_for,
+        })
     }
 
     /// moka's weigher: body and key bytes plus a fixed overhead, saturating at `u32::MAX`.
@@ -180,6 +227,34 @@ mod tests {
         assert!(!buffer.contains(&detached.body.as_ptr()));
         let content_type = detached.content_type.as_ref().expect("kept");
         assert!(!buffer.contains(&content_type.as_bytes().as_ptr()));
+    }
+
+    #[test]
+    fn an_answer_through_the_shared_cache_keeps_its_parts_and_its_expiry() {
+        let answer = CachedResponse {
+            status: StatusCode::OK,
+            content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
+            body: Bytes::from_static(b"{\"usage\":[]}"),
+            stored_at: Instant::now(),
+            fresh_for: Duration::from_secs(60),
+        };
+        let shared = answer.to_shared("q".into());
+        assert_eq!(shared.question, "q");
+        let back = CachedResponse::from_shared(shared, Duration::from_secs(20)).expect("valid");
+        assert_eq!(
+            (&back.status, &back.content_type, &back.body, back.fresh_for),
+            (
+                &answer.status,
+                &answer.content_type,
+                &answer.body,
+                answer.fresh_for
+            )
+        );
+        let left = back.fresh_until().saturating_duration_since(Instant::now());
+        assert!(
+            left <= Duration::from_secs(40) && left > Duration::from_secs(39),
+            "{left:?}"
+        );
     }
 
     #[test]
