@@ -620,7 +620,8 @@ struct CommandFailureLabels {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SharedTotals {
     pub hits: u64,
-    pub misses: u64,
+    /// Lookups of every result: hit, stale, miss, error.
+    pub lookups: u64,
     pub lock_waits: u64,
     pub takeovers: u64,
     pub purges_applied: u64,
@@ -722,17 +723,22 @@ impl RedisMetrics {
         self.purge_gaps.inc();
     }
 
-    /// (shared-cache hits, lock waits, takeovers, purges applied, gaps), for the status page.
+    /// What the shared tier did for this replica, for the status page.
     pub fn shared_totals(&self) -> SharedTotals {
+        // One lookup per statement: a family's read guard held across the next
+        // `get_or_create` (which may write) would deadlock.
+        let count = |result: &'static str| -> u64 {
+            let counter = self.lookups.get_or_create(&LookupLabels { result });
+            counter.get()
+        };
+        let hits = count("hit");
+        let mut lookups = hits;
+        for result in ["stale", "miss", "error"] {
+            lookups += count(result);
+        }
         SharedTotals {
-            hits: self
-                .lookups
-                .get_or_create(&LookupLabels { result: "hit" })
-                .get(),
-            misses: self
-                .lookups
-                .get_or_create(&LookupLabels { result: "miss" })
-                .get(),
+            hits,
+            lookups,
             lock_waits: self.lock_waits.get(),
             takeovers: self.takeovers.get(),
             purges_applied: self.purges_applied.get(),

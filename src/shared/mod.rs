@@ -53,6 +53,8 @@ pub struct SharedView {
     pub up: bool,
     pub key_prefix: String,
     pub instance_id: String,
+    /// What the shared cache, fill locks and purge stream did for this replica.
+    pub totals: crate::metrics::SharedTotals,
 }
 
 impl Shared {
@@ -129,6 +131,7 @@ impl Shared {
             up: self.redis.is_up(),
             key_prefix: self.key_prefix.to_string(),
             instance_id: self.instance_id.to_string(),
+            totals: self.metrics.shared_totals(),
         }
     }
 }

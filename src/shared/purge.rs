@@ -6,8 +6,8 @@
 //!   matching purge: soft makes it stale, hard makes it absent, as purges of memory do;
 //! - the same script appends a message to one stream (`XADD MAXLEN ~`); every replica follows
 //!   the stream from its last position ([`PurgeFeed`]) and purges its memory as told;
-//! - a gap the feed cannot bridge (its position trimmed away, or Redis restarted or flushed:
-//!   the epoch key changed) is reported as [`Delivery::Gap`]: the replica drops its whole
+//! - a gap the feed cannot bridge (messages trimmed away unread, which Redis 7's count of
+//!   messages ever added tells; or Redis restarted or flushed: the epoch key changed) is reported as [`Delivery::Gap`]: the replica drops its whole
 //!   memory cache, since it may have missed any purge;
 //! - each replica keeps a copy of the records, replaced on every read of the stream, so the
 //!   check on a shared-cache read costs no Redis command.
@@ -87,7 +87,8 @@ struct Inner {
 
 type FollowReply = (
     String,
-    String,
+    i64,
+    i64,
     String,
     Vec<(String, Vec<String>)>,
     Vec<String>,
@@ -167,6 +168,7 @@ impl SharedPurges {
             purges: self.clone(),
             epoch: None,
             last: None,
+            seen: 0,
             pending: VecDeque::new(),
             wake: None,
             pause: Duration::from_millis(50),
@@ -206,12 +208,6 @@ fn judge<'a>(
     verdict
 }
 
-/// A stream id, `<ms>-<seq>`, in its order.
-fn stream_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 /// One replica's reading of the purge stream.
 #[derive(Debug)]
 pub struct PurgeFeed {
@@ -220,6 +216,8 @@ pub struct PurgeFeed {
     epoch: Option<String>,
     /// The last message read.
     last: Option<String>,
+    /// How many messages the stream had had up to `last`.
+    seen: u64,
     pending: VecDeque<Delivery>,
     /// The connection of the blocking wait (a blocking command would hold up every command
     /// behind it on the shared connection).
@@ -265,7 +263,7 @@ impl PurgeFeed {
         let inner = &self.purges.inner;
         let fresh_epoch = format!("{:016x}", random_u64());
         let last = self.last.clone().unwrap_or_default();
-        let (epoch, oldest, newest, messages, records): FollowReply = inner
+        let (epoch, added, trimmed, newest, messages, records): FollowReply = inner
             .redis
             .run("purge_read", |mut connection| {
                 let mut invocation = follow_script().prepare_invoke();
@@ -284,16 +282,16 @@ impl PurgeFeed {
             .chunks_exact(2)
             .filter_map(|pair| Some((pair[0].clone(), pair[1].parse().ok()?)))
             .collect();
-        let trimmed = match (self.last.as_deref().and_then(stream_id), stream_id(&oldest)) {
-            (Some(last), Some(oldest)) => oldest > last,
-            _ => false,
-        };
+        // Messages are numbered in the order they were added: more trimmed away than this
+        // replica has seen means some went unread.
+        let lost = u64::try_from(trimmed).is_ok_and(|trimmed| trimmed > self.seen);
         let restarted = self.epoch.as_ref().is_some_and(|known| *known != epoch);
         let first = self.epoch.is_none();
         *crate::sync::write(&inner.records) = records;
         self.epoch = Some(epoch);
-        if first || restarted || trimmed {
+        if first || restarted || lost {
             self.last = Some(newest);
+            self.seen = u64::try_from(added).unwrap_or(0);
             self.read_now = false;
             if !first {
                 inner.metrics.purge_gap();
@@ -304,6 +302,7 @@ impl PurgeFeed {
         self.read_now = messages.len() >= READ_COUNT;
         for (id, fields) in messages {
             self.last = Some(id);
+            self.seen += 1;
             let field = |name: &str| {
                 fields
                     .chunks_exact(2)
@@ -425,14 +424,5 @@ mod tests {
             );
         }
         assert_eq!(judge(&HashMap::new(), ["all"], 0), Verdict::Kept);
-    }
-
-    #[test]
-    fn stream_ids_order_by_time_then_sequence() {
-        assert!(stream_id("1700000000001-0") > stream_id("1700000000000-5"));
-        assert!(stream_id("5-2") > stream_id("5-1"));
-        assert_eq!(stream_id("0-0"), Some((0, 0)));
-        assert_eq!(stream_id(""), None);
-        assert_eq!(stream_id("x-1"), None);
     }
 }
