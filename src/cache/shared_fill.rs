@@ -104,6 +104,9 @@ impl<'a> SharedFill<'a> {
                     };
                 }
             };
+            // An entry there that does not answer (stale, purged, a collision, expired here)
+            // must not keep the lock from being taken: from now on take it whatever is there.
+            let found = probe.entry.is_some();
             let judged = probe
                 .entry
                 .and_then(|entry| self.judge(entry, probe.now_ms));
@@ -124,26 +127,20 @@ impl<'a> SharedFill<'a> {
                         metrics.shared_lookup("stale");
                         counted = true;
                     }
+                    // Kept for the stale rules while the lock decides who fetches.
                     self.keep_stale(entry).await;
-                    if locking != Locking::Always {
-                        // The stale entry stays for stale rules; the lock decides who fetches.
-                        locking = Locking::Always;
-                        continue;
-                    }
                 }
-                None => {
-                    if !counted {
-                        metrics.shared_lookup("miss");
-                        counted = true;
-                    }
-                    if locking == Locking::IfAbsent
-                        && probe.lease.is_none()
-                        && probe.held_for.is_none()
-                    {
-                        // An unusable entry (purged, a collision, expired here) and no lock.
-                        locking = Locking::Always;
-                        continue;
-                    }
+                None if !counted => {
+                    metrics.shared_lookup("miss");
+                    counted = true;
+                }
+                None => {}
+            }
+            if found && locking == Locking::IfAbsent {
+                locking = Locking::Always;
+                if probe.lease.is_none() && probe.held_for.is_none() {
+                    // Nobody holds the lock: take it now rather than after a pause.
+                    continue;
                 }
             }
             if let Some(lease) = probe.lease {
