@@ -64,8 +64,10 @@ impl Process {
     }
 
     fn signal(&self, signal: &str) {
+        // A process already gone (killed by a fault run) is no error here.
         let _ = Command::new("kill")
             .args([signal, &self.0.id().to_string()])
+            .stderr(Stdio::null())
             .status();
     }
 }

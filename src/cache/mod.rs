@@ -781,6 +781,44 @@ mod tests {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
     }
 
+    #[test]
+    fn a_questions_purge_scopes_are_exactly_the_selectors_that_match_it() {
+        let tag = "5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90";
+        // (question, the scopes a purge record is checked for) — a row per route and filter.
+        let rows: [(&str, &[&str]); 5] = [
+            ("/usage", &["all"]),
+            ("/usage/000000001", &["all", "sim:000000001"]),
+            (
+                "/usage?filter[]=sim_id:000000002&filter[]=sim_id:000000003",
+                &["all", "sim:000000002", "sim:000000003"],
+            ),
+            (
+                &format!("/usage/tag-total/{tag}"),
+                &["all", &format!("tag:{tag}")],
+            ),
+            ("/usage?filter=country_code:dk", &["all"]),
+        ];
+        let credential = CredentialId::of(&Secret::new("t"));
+        for (target, expected) in rows {
+            let query = UsageQuery::from_target(target).expect("valid").expect("route");
+            let key = CacheKey::new(credential, query.canonical_shared());
+            let selectors = PurgeSelector::of(&key);
+            let scopes: Vec<String> = selectors.iter().map(PurgeSelector::scope).collect();
+            assert_eq!(scopes, expected, "{target}");
+            for selector in &selectors {
+                // Every scope checked is one a purge of it would match, and names itself.
+                assert!(selector.matches(&key), "{target}: {selector:?}");
+                assert_eq!(
+                    PurgeSelector::from_scope(&selector.scope()).as_ref(),
+                    Some(selector)
+                );
+            }
+        }
+        for bad in ["", "sim:", "sim:1", "tag:x", "everything", "all:"] {
+            assert_eq!(PurgeSelector::from_scope(bad), None, "{bad}");
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_misses_share_one_fill_and_only_its_starter_is_charged() {
         let layer = CacheLayer::new(&config(), vec![CredentialId::of(&Secret::new("t"))]);
