@@ -505,7 +505,6 @@ async fn measured(
         }
     }
     let mut tally = load.tally.lock().expect("tally");
-    let ok = tally.by_status.get(&200).copied().unwrap_or(0);
     let errors: Vec<String> = tally
         .by_status
         .iter()
@@ -532,7 +531,6 @@ async fn measured(
         .latency
         .get_mut("shared-hit")
         .and_then(|v| percentile(v, 0.99));
-    let _ = ok;
     let note = note.lock().expect("note").clone();
     Row {
         run: run.to_owned(),

@@ -800,7 +800,9 @@ mod tests {
         ];
         let credential = CredentialId::of(&Secret::new("t"));
         for (target, expected) in rows {
-            let query = UsageQuery::from_target(target).expect("valid").expect("route");
+            let query = UsageQuery::from_target(target)
+                .expect("valid")
+                .expect("route");
             let key = CacheKey::new(credential, query.canonical_shared());
             let selectors = PurgeSelector::of(&key);
             let scopes: Vec<String> = selectors.iter().map(PurgeSelector::scope).collect();
