@@ -7,11 +7,17 @@
 #
 #   bench/peers.sh                 full run: 5 interleaved rounds, 10 s per wrk run, 10,000 entries
 #   QUICK=1 bench/peers.sh         development: 1 round, 2 s per wrk run, 1,000 memory entries
+#   SCENARIOS=gzip bench/peers.sh  compressed hits only (callers send Accept-Encoding: gzip)
 #
 # Environment (defaults in brackets; QUICK=1 changes the ones marked *):
 #   ROUNDS [5*]  DURATION [10s*]  MEMORY_ENTRIES [10000*]  MISS_REQUESTS [2000*]
 #   STAMPEDE_N [500]  STAMPEDE_LATENCY_MS [500]  SMALL_LIMIT [10]  LARGE_LIMIT [1000]
-#   SCENARIOS ["hits stampede miss memory"]   CONTENDERS [all; space-separated names]
+#   SCENARIOS ["shipped hits stampede miss memory gzip"]   CONTENDERS [all; space-separated names]
+#   SHIPPED_CONTENDERS ["usage-gateway-shipped usage-gateway-shipped-noaccess nginx-w1-sendfile-on
+#     nginx-auto-sendfile-on nginx-auto-log varnish"]: the "shipped" scenario (issue 14): the gateway
+#     with its default configuration (access log on, default threads), with `[log] access = false`,
+#     NGINX without and with its default (combined) access log, and Varnish
+#   GZIP_CONTENDERS ["usage-gateway nginx-gzip varnish-gzip"]  GZIP_LARGE_LIMIT [280]
 #   MEMORY_CONTENDERS ["usage-gateway nginx-w1-sendfile-on varnish"]  FILL_PARALLEL [4]
 #   PORT_BASE [18100]  SKIP_INSTALL [0]  SKIP_BUILD [0]
 #   UPDATE_README [1 for a full run, 0 with QUICK=1]: refresh the results block of bench/README.md
@@ -35,9 +41,19 @@ STAMPEDE_N=${STAMPEDE_N:-500}
 STAMPEDE_LATENCY_MS=${STAMPEDE_LATENCY_MS:-500}
 SMALL_LIMIT=${SMALL_LIMIT:-10}
 LARGE_LIMIT=${LARGE_LIMIT:-1000}
-SCENARIOS=${SCENARIOS:-hits stampede miss memory}
+SCENARIOS=${SCENARIOS:-shipped hits stampede miss memory gzip}
 ALL_CONTENDERS="usage-gateway nginx-w1-sendfile-on nginx-w1-sendfile-off nginx-auto-sendfile-on nginx-auto-sendfile-off varnish nginx-static"
 CONTENDERS=${CONTENDERS:-$ALL_CONTENDERS}
+SHIPPED_CONTENDERS=${SHIPPED_CONTENDERS:-usage-gateway-shipped usage-gateway-shipped-noaccess nginx-w1-sendfile-on nginx-auto-sendfile-on nginx-auto-log varnish}
+# The gzip scenario's own contenders: each stores (or serves) gzip for callers that accept it.
+# nginx-gzip: one worker, proxy_cache as nginx-w1-sendfile-on, with `gzip on` in front of it
+# (it compresses every answer as it sends it, at NGINX's default level 1); varnish-gzip:
+# `beresp.do_gzip` (stored gzipped once, at Varnish's default level 6).
+GZIP_ONLY_CONTENDERS="nginx-gzip varnish-gzip"
+GZIP_CONTENDERS=${GZIP_CONTENDERS:-usage-gateway $GZIP_ONLY_CONTENDERS}
+GZIP_LARGE_LIMIT=${GZIP_LARGE_LIMIT:-280}  # about 76 KB
+# every contender name, for port numbers
+PORT_NAMES="$ALL_CONTENDERS usage-gateway-shipped usage-gateway-shipped-noaccess nginx-auto-log $GZIP_ONLY_CONTENDERS"
 MEMORY_CONTENDERS=${MEMORY_CONTENDERS:-usage-gateway nginx-w1-sendfile-on varnish}
 FILL_PARALLEL=${FILL_PARALLEL:-4}
 PORT_BASE=${PORT_BASE:-18100}
@@ -98,8 +114,10 @@ if [[ $SKIP_BUILD != 1 ]]; then
 fi
 GIT_REV=$(git describe --always --dirty 2>/dev/null || echo unknown)
 [[ $SKIP_BUILD == 1 ]] && GIT_REV="$GIT_REV (SKIP_BUILD=1: binary may be older)"
-GATEWAY=$ROOT/target/release/usage-gateway
-SIM=$ROOT/target/release/usage-sim
+# Where cargo put them (CARGO_TARGET_DIR when set, as in worktrees sharing a build directory).
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+GATEWAY=$TARGET_DIR/release/usage-gateway
+SIM=$TARGET_DIR/release/usage-sim
 [[ -x $GATEWAY && -x $SIM ]] || die "release binaries missing"
 
 WORK=$(mktemp -d /tmp/peers.XXXXXX)
@@ -113,9 +131,9 @@ log "work dir $WORK"
 
 SIM_PORT=$PORT_BASE
 SLOW_SIM_PORT=$((PORT_BASE + 1))
-port_of() { # SET NAME -> port (set: hits=10, stampede=30, memory=50 above PORT_BASE)
+port_of() { # SET NAME -> port (set: hits=10, stampede=30, memory=50, shipped=70, gzip=90 above PORT_BASE)
     local base=$((PORT_BASE + $1)) i=0 n
-    for n in $ALL_CONTENDERS; do
+    for n in $PORT_NAMES; do
         [[ $n == "$2" ]] && { echo $((base + i)); return; }
         i=$((i + 1))
     done
@@ -136,7 +154,7 @@ sim_calls() { curl -sf "http://127.0.0.1:$1/__sim/stats" | "${PY[@]}" get reques
 
 # the two answers, straight from the origin: the reference bytes
 mkdir -p "$WORK/ref"
-for l in "$SMALL_LIMIT" "$LARGE_LIMIT"; do
+for l in "$SMALL_LIMIT" "$LARGE_LIMIT" "$GZIP_LARGE_LIMIT"; do
     curl -sf -H "Authorization: $ORG_TOKEN" "http://127.0.0.1:$SIM_PORT/usage?limit=$l" -o "$WORK/ref/$l.json" ||
         die "origin did not answer /usage?limit=$l"
 done
@@ -145,6 +163,7 @@ describe() { # FILE -> "N B, R records"
 }
 SMALL_DESC="limit=$SMALL_LIMIT: $(describe "$WORK/ref/$SMALL_LIMIT.json")"
 LARGE_DESC="limit=$LARGE_LIMIT: $(describe "$WORK/ref/$LARGE_LIMIT.json")"
+GZIP_LARGE_DESC="limit=$GZIP_LARGE_LIMIT: $(describe "$WORK/ref/$GZIP_LARGE_LIMIT.json")"
 log "small answer $SMALL_DESC; large answer $LARGE_DESC"
 
 # ---------------------------------------------------------------------------------------------
@@ -161,9 +180,9 @@ USER_LINE="# (not root: nginx keeps the current user)"
 [[ $(id -u) == 0 ]] && USER_LINE="user root root;  # workers must reach the temporary cache directory"
 
 declare -A CPID CPORT
-start_contender() { # SET(hits|stampede|memory) NAME ORIGIN_PORT
+start_contender() { # SET(hits|stampede|memory|shipped|gzip) NAME ORIGIN_PORT
     local set=$1 name=$2 origin=$3 port dir
-    port=$(port_of "$( case $set in hits) echo 10 ;; stampede) echo 30 ;; memory) echo 50 ;; esac)" "$name")
+    port=$(port_of "$( case $set in hits) echo 10 ;; stampede) echo 30 ;; memory) echo 50 ;; shipped) echo 70 ;; gzip) echo 90 ;; esac)" "$name")
     port_free "$port" || die "port $port is taken (set PORT_BASE)"
     dir=$WORK/$set/$name
     mkdir -p "$dir"
@@ -176,6 +195,14 @@ start_contender() { # SET(hits|stampede|memory) NAME ORIGIN_PORT
             MAX_BYTES="$( ((big)) && echo 8589934592 || echo 268435456)"
         start_bg "$dir/log" env RUST_LOG=warn "$GATEWAY" --config "$dir/gateway.toml"
         ;;
+    usage-gateway-shipped | usage-gateway-shipped-noaccess)
+        # The defaults: no worker_threads (one per core), [log] level info with the access log
+        # on, JSON lines to stdout (here a file, as under a service manager's log pipe).
+        render "$PEERS/gateway-shipped.toml.in" "$dir/gateway.toml" PORT="$port" ORIGIN_PORT="$origin" \
+            ORG_TOKEN="$ORG_TOKEN" CALLER_KEY="$CALLER_KEY" \
+            ACCESS="$([[ $name == *-noaccess ]] && echo false || echo true)"
+        start_bg "$dir/log" env -u RUST_LOG "$GATEWAY" --config "$dir/gateway.toml"
+        ;;
     nginx-static)
         mkdir -p "$dir/static"
         cp "$WORK/ref/$SMALL_LIMIT.json" "$WORK/ref/$LARGE_LIMIT.json" "$dir/static/"
@@ -185,18 +212,24 @@ start_contender() { # SET(hits|stampede|memory) NAME ORIGIN_PORT
         start_bg "$dir/log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
         ;;
     nginx-*)
-        local workers=1 sendfile=on
+        local workers=1 sendfile=on access_log=off gzip=""
         [[ $name == nginx-auto-* ]] && workers=auto
         [[ $name == *-sendfile-off ]] && sendfile=off
+        # NGINX's default access log: the combined format, unbuffered, to a file.
+        [[ $name == *-log ]] && access_log="$dir/access.log combined"
+        [[ $name == nginx-gzip ]] && gzip="            gzip on; gzip_types application/json; gzip_vary on;"
         render "$PEERS/nginx-cache.conf.in" "$dir/nginx.conf" PORT="$port" DIR="$dir" \
             WORKERS="$workers" SENDFILE="$sendfile" ORIGIN_PORT="$origin" ORG_TOKEN="$ORG_TOKEN" \
+            ACCESS_LOG="$access_log" GZIP="$gzip" \
             CALLER_KEY="$CALLER_KEY" USER_LINE="$USER_LINE" \
             KEYS_ZONE="$( ((big)) && echo 64m || echo 16m)" MAX_SIZE="$( ((big)) && echo 8g || echo 1g)"
         start_bg "$dir/log" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
         ;;
-    varnish)
+    varnish | varnish-gzip)
+        local do_gzip=""
+        [[ $name == varnish-gzip ]] && do_gzip="    set beresp.do_gzip = true;"
         render "$PEERS/varnish.vcl.in" "$dir/default.vcl" ORIGIN_PORT="$origin" ORG_TOKEN="$ORG_TOKEN" \
-            CALLER_KEY="$CALLER_KEY"
+            CALLER_KEY="$CALLER_KEY" DO_GZIP="$do_gzip"
         start_bg "$dir/log" varnishd -F -j none -a "127.0.0.1:$port" -T "127.0.0.1:$((port + 1000))" \
             -f "$dir/default.vcl" -s "malloc,$( ((big)) && echo 8G || echo 256m)" -n "$dir/work"
         ;;
@@ -208,14 +241,14 @@ start_contender() { # SET(hits|stampede|memory) NAME ORIGIN_PORT
 }
 stop_contender() { stop_pid "${CPID[$1/$2]}"; }
 
-is_hit() { # NAME URL: the contender says it served this from its cache
+is_hit() { # NAME URL [HEADER]: the contender says it served this from its cache
     local headers
-    headers=$(curl -s -D - -o /dev/null -H "Authorization: $AUTH" "$2")
+    headers=$(curl -s -D - -o /dev/null -H "Authorization: $AUTH" ${3:+-H "$3"} "$2")
     case $1 in
-    usage-gateway) grep -qi '^cache-status:.*; hit' <<<"$headers" ;;
+    usage-gateway*) grep -qi '^cache-status:.*; hit' <<<"$headers" ;;
     nginx-static) return 0 ;;
     nginx-*) grep -qi '^x-cache-status: HIT' <<<"$headers" ;;
-    varnish) grep -qiE '^x-varnish: [0-9]+ [0-9]+' <<<"$headers" ;;
+    varnish*) grep -qiE '^x-varnish: [0-9]+ [0-9]+' <<<"$headers" ;;
     esac
 }
 
@@ -240,22 +273,22 @@ emit() { cat >>"$RESULTS"; }
 # ---------------------------------------------------------------------------------------------
 # scenario 1 and 2: hot hits
 
-run_hits() {
-    local c
-    for c in $CONTENDERS; do
-        start_contender hits "$c" "$SIM_PORT"
-        check_contender hits "$c" "$SMALL_LIMIT" "$LARGE_LIMIT"
+run_hits() { # [SET CELLS CONTENDERS]: defaults hits, the four cells, $CONTENDERS
+    local set=${1:-hits} cells=${2:-small-c32 small-c128 large-c32 large-c128} contenders=${3:-$CONTENDERS} c
+    for c in $contenders; do
+        start_contender "$set" "$c" "$SIM_PORT"
+        check_contender "$set" "$c" "$SMALL_LIMIT" "$LARGE_LIMIT"
     done
-    log "hits: all contenders serve the origin's bytes; $ROUNDS round(s) x 4 cells x $DURATION"
+    log "$set: all contenders serve the origin's bytes; $ROUNDS round(s) x $(wc -w <<<"$cells") cells x $DURATION"
     local round cell body conns limit url port warm
     for round in $(seq 1 "$ROUNDS"); do
-        for cell in small-c32 small-c128 large-c32 large-c128; do
+        for cell in $cells; do
             body=${cell%-*}
             conns=${cell#*-c}
             limit=$SMALL_LIMIT
             [[ $body == large ]] && limit=$LARGE_LIMIT
-            for c in $CONTENDERS; do
-                port=${CPORT[hits/$c]}
+            for c in $contenders; do
+                port=${CPORT[$set/$c]}
                 url="http://127.0.0.1:$port/usage?limit=$limit"
                 # warm: fill (or refresh an expired entry), then make sure it is a hit
                 warm=false
@@ -268,13 +301,13 @@ run_hits() {
                 timeout $((DUR_S + 30)) wrk -t1 -c"$conns" -d"$DURATION" --latency \
                     -H "Authorization: $AUTH" "$url" >"$WORK/wrk.out" 2>&1 ||
                     { cat "$WORK/wrk.out" >&2; die "wrk failed against $c"; }
-                "${PY[@]}" wrk --extra "{\"scenario\":\"hits\",\"cell\":\"$cell\",\"contender\":\"$c\",\"round\":$round,\"warm_hit\":$warm}" \
+                "${PY[@]}" wrk --extra "{\"scenario\":\"$set\",\"cell\":\"$cell\",\"contender\":\"$c\",\"round\":$round,\"warm_hit\":$warm}" \
                     <"$WORK/wrk.out" | tee -a "$RESULTS" | "${PY[@]}" get rps |
                     xargs printf "[peers] round %s %-11s %-26s %10.0f req/s\n" "$round" "$cell" "$c" >&2
             done
         done
     done
-    for c in $CONTENDERS; do stop_contender hits "$c"; done
+    for c in $contenders; do stop_contender "$set" "$c"; done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -384,14 +417,63 @@ run_memory() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# scenario 6: hot hits for callers that accept gzip (Python requests, httpx, Node's fetch, .NET)
+
+GZIP_HEADER="Accept-Encoding: gzip"
+
+run_gzip() {
+    local c round cell body conns limit url port warm sizes
+    for c in $GZIP_CONTENDERS; do
+        start_contender gzip "$c" "$SIM_PORT"
+        check_contender gzip "$c" "$SMALL_LIMIT" "$GZIP_LARGE_LIMIT"
+    done
+    log "gzip: callers send '$GZIP_HEADER'; $ROUNDS round(s) x 2 cells x $DURATION"
+    for round in $(seq 1 "$ROUNDS"); do
+        for cell in small-c32 large-c32; do
+            body=${cell%-*}
+            conns=${cell#*-c}
+            limit=$SMALL_LIMIT
+            [[ $body == large ]] && limit=$GZIP_LARGE_LIMIT
+            for c in $GZIP_CONTENDERS; do
+                port=${CPORT[gzip/$c]}
+                url="http://127.0.0.1:$port/usage?limit=$limit"
+                # warm as a gzip caller (the fill is one), then make sure it is a hit
+                warm=false
+                for _ in 1 2 3 4 5; do
+                    curl -s -o /dev/null -H "Authorization: $AUTH" -H "$GZIP_HEADER" "$url"
+                    sleep 0.05
+                    if is_hit "$c" "$url" "$GZIP_HEADER"; then warm=true; break; fi
+                done
+                [[ $warm == true ]] || log "WARNING: $c does not report a cache hit for $url after warming"
+                # one answer's bytes on the wire (head and body), and the body decodes to the origin's
+                sizes=$(curl -s -D "$WORK/gzip.head" -o "$WORK/gzip.body" -w '%{size_header} %{size_download}' \
+                    -H "Authorization: $AUTH" -H "$GZIP_HEADER" "$url")
+                grep -qi '^content-encoding: *gzip' "$WORK/gzip.head" || die "$c answered $url without gzip"
+                gzip -dc <"$WORK/gzip.body" | cmp -s - "$WORK/ref/$limit.json" ||
+                    die "$c: gzip body for $url does not decode to the origin's bytes"
+                timeout $((DUR_S + 30)) wrk -t1 -c"$conns" -d"$DURATION" --latency \
+                    -H "Authorization: $AUTH" -H "$GZIP_HEADER" "$url" >"$WORK/wrk.out" 2>&1 ||
+                    { cat "$WORK/wrk.out" >&2; die "wrk failed against $c"; }
+                "${PY[@]}" wrk --extra "{\"scenario\":\"gzip\",\"cell\":\"$cell\",\"contender\":\"$c\",\"round\":$round,\"warm_hit\":$warm,\"head_bytes\":${sizes% *},\"body_bytes\":${sizes#* }}" \
+                    <"$WORK/wrk.out" | tee -a "$RESULTS" | "${PY[@]}" get rps |
+                    xargs printf "[peers] round %s gzip %-11s %-26s %10.0f req/s, $((${sizes% *} + ${sizes#* })) B/answer\n" "$round" "$cell" "$c" >&2
+            done
+        done
+    done
+    for c in $GZIP_CONTENDERS; do stop_contender gzip "$c"; done
+}
+
+# ---------------------------------------------------------------------------------------------
 
 T0=$(date +%s)
 for s in $SCENARIOS; do
     case $s in
+    shipped) run_hits shipped "small-c32 large-c32" "$SHIPPED_CONTENDERS" ;;
     hits) run_hits ;;
     stampede) run_stampede ;;
     miss) run_miss ;;
     memory) run_memory ;;
+    gzip) run_gzip ;;
     *) die "unknown scenario $s" ;;
     esac
 done
@@ -401,11 +483,11 @@ ELAPSED=$(($(date +%s) - T0))
 # report
 
 COMMAND="bench/peers.sh"
-for v in QUICK ROUNDS DURATION MEMORY_ENTRIES MISS_REQUESTS SCENARIOS CONTENDERS; do
+for v in QUICK ROUNDS DURATION MEMORY_ENTRIES MISS_REQUESTS SCENARIOS CONTENDERS GZIP_CONTENDERS GZIP_LARGE_LIMIT; do
     if [[ -n ${!v+x} && $(env | grep -c "^$v=") -gt 0 ]]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done
 cat >"$WORK/meta.json" <<EOF
-{"small_desc": "$SMALL_DESC", "large_desc": "$LARGE_DESC", "stampede_n": $STAMPEDE_N,
+{"small_desc": "$SMALL_DESC", "large_desc": "$LARGE_DESC", "gzip_large_desc": "$GZIP_LARGE_DESC", "stampede_n": $STAMPEDE_N,
  "stampede_latency_ms": $STAMPEDE_LATENCY_MS, "miss_requests": $MISS_REQUESTS,
  "memory_entries": $MEMORY_ENTRIES}
 EOF
@@ -422,7 +504,7 @@ OUT=bench/results/peers-$DATE$SUFFIX.md
     echo "- usage-gateway: \`$GIT_REV\`, $("$GATEWAY" --version 2>/dev/null || echo usage-gateway)"
     echo "- $(nginx -v 2>&1); $(varnishd -V 2>&1 | head -1); $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
     echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r); load generator on the same cores"
-    echo "- answers: small $SMALL_DESC; large $LARGE_DESC"
+    echo "- answers: small $SMALL_DESC; large $LARGE_DESC; large for gzip $GZIP_LARGE_DESC"
     echo
     "${PY[@]}" report --results "$RESULTS" --meta "$WORK/meta.json"
 } >"$WORK/report.md"

@@ -7,7 +7,9 @@
 #   bash bench/profile.sh                 # CPU split, small and large answers
 #   CALLGRIND=1 bash bench/profile.sh     # plus the callgrind profile of small hits
 #
-# Knobs: DURATION [5] seconds per wrk run, PORT_BASE [18600], SKIP_BUILD [0].
+# Knobs: DURATION [5] seconds per wrk run, PORT_BASE [18600], SKIP_BUILD [0], LOG_LEVEL [warn]
+# (`info` profiles the access log as shipped), CALLGRIND_OUT [none] (keep the profile there),
+# BIN_DIR [./target/release] (profile other binaries, e.g. an older build, with SKIP_BUILD=1).
 # Loopback only; every process it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,9 @@ DURATION=${DURATION:-5}
 PORT_BASE=${PORT_BASE:-18600}
 SKIP_BUILD=${SKIP_BUILD:-0}
 CALLGRIND=${CALLGRIND:-0}
+LOG_LEVEL=${LOG_LEVEL:-warn}
+CALLGRIND_OUT=${CALLGRIND_OUT:-}
+BIN_DIR=${BIN_DIR:-./target/release}
 ((DURATION >= 1 && DURATION <= 60)) || { echo "DURATION must be 1..60" >&2; exit 2; }
 
 for tool in wrk curl; do
@@ -45,7 +50,7 @@ worker_threads = 1
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [log]
-level = "warn"
+level = "$LOG_LEVEL"
 [upstream]
 base_url = "http://127.0.0.1:$SIM_PORT"
 token = "profile-org"
@@ -55,13 +60,13 @@ name = "profile"
 key = "$KEY"
 EOF
 
-start_bg "$WORK/sim.log" ./target/release/usage-sim --listen "127.0.0.1:$SIM_PORT" \
+start_bg "$WORK/sim.log" "$BIN_DIR"/usage-sim --listen "127.0.0.1:$SIM_PORT" \
     --keys profile-org --rate-scope off
 wait_http "http://127.0.0.1:$SIM_PORT/__sim/stats" "$LAST_PID" "$WORK/sim.log"
 
 # Starts the gateway (optionally under a wrapper such as valgrind) and waits for it; sets GW_PID.
 start_gateway() {
-    start_bg "$WORK/gateway.log" "$@" ./target/release/usage-gateway --config "$WORK/gateway.toml"
+    start_bg "$WORK/gateway.log" "$@" "$BIN_DIR"/usage-gateway --config "$WORK/gateway.toml"
     GW_PID=$LAST_PID
     # valgrind starts slowly: up to 20 s
     wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$GW_PID" "$WORK/gateway.log"
@@ -75,7 +80,7 @@ ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 echo "### Where a hit's time goes ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD))"
 echo
-echo "gateway with server.worker_threads = 1; wrk -t1 -c32 -d${DURATION}s on the same 2 cores"
+echo "gateway with server.worker_threads = 1, [log] level = \"$LOG_LEVEL\"; wrk -t1 -c32 -d${DURATION}s on the same 2 cores"
 echo
 echo "| answer | req/s | gateway CPU (cores) | user | kernel | user µs per hit | kernel µs per hit |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -100,12 +105,21 @@ done
 stop_gateway
 
 if [[ $CALLGRIND == 1 ]]; then
+    # Start-up, the fill and shutdown cost instructions too: a run that serves only the fill
+    # measures them, and they are taken off, so the figure is per hit whatever the hit count.
+    base="$WORK/callgrind-base.out"
+    start_gateway valgrind --tool=callgrind --callgrind-out-file="$base"
+    curl -fs -o /dev/null -H "Authorization: $KEY" "http://127.0.0.1:$GW_PORT/usage?limit=10"
+    stop_gateway
     out="$WORK/callgrind.out"
     start_gateway valgrind --tool=callgrind --callgrind-out-file="$out"
+    curl -fs -o /dev/null -H "Authorization: $KEY" "http://127.0.0.1:$GW_PORT/usage?limit=10"
     hits=$(wrk -t1 -c32 -d4s -H "Authorization: $KEY" "http://127.0.0.1:$GW_PORT/usage?limit=10" |
         awk '/requests in/ {print $1}')
     stop_gateway
-    total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    [[ -z $CALLGRIND_OUT ]] || cp "$out" "$CALLGRIND_OUT"
+    program_total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
+    total=$(($(program_total "$out") - $(program_total "$base")))
     echo
     echo "callgrind, small hits: $hits hits, $((total / hits)) user-space instructions per hit"
     echo "(under valgrind SHA-256 runs its portable code; natively it uses the CPU's SHA extensions)"

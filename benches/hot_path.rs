@@ -4,7 +4,9 @@
 //! - canonicalizing a typical query (issue 5 target: < 2 µs), against copying the raw query
 //!   string (the least any parser must do);
 //! - a cache-hit lookup, key build plus moka get (target: < 1 µs), against a `HashMap` get of the
-//!   same key behind a mutex.
+//!   same key behind a mutex;
+//! - choosing a caller's form from `Accept-Encoding` (as Python requests writes it), against
+//!   finding the header in the map.
 //!
 //! Run: `cargo bench --bench hot_path`.
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use usage_gateway::cache::{CacheKey, CachedResponse, CredentialId};
+use usage_gateway::cache::{Accept, CacheKey, CachedResponse, CredentialId};
 use usage_gateway::config::Secret;
 use usage_gateway::query::UsageQuery;
 
@@ -40,13 +42,13 @@ fn hit_lookup(c: &mut Criterion) {
     let query = UsageQuery::parse("/usage", Some(RAW_QUERY))
         .expect("valid")
         .expect("route");
-    let entry = Arc::new(CachedResponse {
-        status: http::StatusCode::OK,
-        content_type: None,
-        body: Bytes::from(vec![b'x'; 2048]),
-        stored_at: Instant::now(),
-        fresh_for: Duration::from_secs(3600),
-    });
+    let entry = Arc::new(CachedResponse::plain(
+        http::StatusCode::OK,
+        None,
+        Bytes::from(vec![b'x'; 2048]),
+        Instant::now(),
+        Duration::from_secs(3600),
+    ));
     let moka: moka::future::Cache<CacheKey, Arc<CachedResponse>> = moka::future::Cache::new(10_000);
     let baseline: Mutex<HashMap<CacheKey, Arc<CachedResponse>>> = Mutex::new(HashMap::new());
     let key = CacheKey::new(credential, query.canonical_shared());
@@ -69,5 +71,30 @@ fn hit_lookup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, canonicalize, hit_lookup);
+fn accept_encoding(c: &mut Criterion) {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::USER_AGENT,
+        "python-requests/2.32.3".parse().expect("valid"),
+    );
+    headers.insert(http::header::ACCEPT, "*/*".parse().expect("valid"));
+    headers.insert(
+        http::header::ACCEPT_ENCODING,
+        "gzip, deflate, br, zstd".parse().expect("valid"),
+    );
+    let mut group = c.benchmark_group("accept-encoding");
+    group.bench_function("baseline: find the header", |b| {
+        b.iter(|| {
+            black_box(&headers)
+                .get(http::header::ACCEPT_ENCODING)
+                .is_some()
+        })
+    });
+    group.bench_function("parse and choose", |b| {
+        b.iter(|| Accept::from_headers(black_box(&headers)).choose(true))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, canonicalize, hit_lookup, accept_encoding);
 criterion_main!(benches);

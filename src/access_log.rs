@@ -288,6 +288,14 @@ fn civil_second(secs: u64) -> [u8; 19] {
 
 /// A JSON string's contents: `"`, `\` and control characters escaped (RFC 8259 §7).
 fn json_escaped(out: &mut Vec<u8>, text: &[u8]) {
+    // Ids, names and methods almost never need escaping: copied whole, not byte by byte.
+    if !text
+        .iter()
+        .any(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+    {
+        out.extend_from_slice(text);
+        return;
+    }
     for &byte in text {
         match byte {
             b'"' => out.extend_from_slice(b"\\\""),

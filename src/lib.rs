@@ -18,6 +18,7 @@ pub mod discard;
 pub mod error;
 pub mod facts;
 pub mod gate;
+pub mod gzip;
 pub mod limits;
 pub mod lockout;
 pub mod metrics;

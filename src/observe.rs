@@ -90,8 +90,14 @@ impl IdSource {
 
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
+    // One reference count per request, not one per part.
+    shared: Arc<Observer>,
+}
+
+#[derive(Debug)]
+struct Observer {
     metrics: Arc<Metrics>,
-    ids: Arc<IdSource>,
+    ids: IdSource,
     access_log: Option<AccessLog>,
 }
 
@@ -104,9 +110,11 @@ impl ObserveLayer {
 
     pub fn with_access_log(metrics: Arc<Metrics>, access_log: Option<AccessLog>) -> Self {
         Self {
-            metrics,
-            ids: Arc::new(IdSource::new()),
-            access_log,
+            shared: Arc::new(Observer {
+                metrics,
+                ids: IdSource::new(),
+                access_log,
+            }),
         }
     }
 }
@@ -144,7 +152,7 @@ where
         let started = Instant::now();
         let id = match request.headers().get(&X_REQUEST_ID) {
             Some(value) if sane_request_id(value) => value.clone(),
-            _ => self.layer.ids.make(),
+            _ => self.layer.shared.ids.make(),
         };
         request
             .headers_mut()
@@ -158,7 +166,7 @@ where
                 id,
                 method,
                 facts,
-                layer: self.layer.clone(),
+                observer: self.layer.shared.clone(),
             }),
         }
     }
@@ -171,7 +179,7 @@ struct Seen {
     id: HeaderValue,
     method: Method,
     facts: Arc<RequestFacts>,
-    layer: ObserveLayer,
+    observer: Arc<Observer>,
 }
 
 pin_project_lite::pin_project! {
@@ -207,7 +215,7 @@ impl Seen {
         let status = response.status().as_u16();
         let caller = facts.caller();
         let error = response.extensions().get::<ErrorCode>().copied();
-        self.layer.metrics.record_request(Finished {
+        self.observer.metrics.record_request(Finished {
             route: facts.route(),
             status,
             cache: facts.cache(),
@@ -226,7 +234,7 @@ impl Seen {
                 "request failed"
             );
         }
-        if let Some(access_log) = &self.layer.access_log {
+        if let Some(access_log) = &self.observer.access_log {
             access_log.write(&AccessLine {
                 request_id: self.id.as_bytes(),
                 caller: caller.map(|caller| &*caller.name),

@@ -14,6 +14,7 @@
 //! It sits outside the error boundary so that error answers are covered too; auth tells it
 //! who asked through the request's [`RequestFacts`].
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -65,13 +66,46 @@ pub fn write_headers(
     let reset = since_epoch.as_secs() + u64::from(since_epoch.subsec_nanos() > 0);
     headers.insert(
         X_RATELIMIT_LIMIT.clone(),
-        HeaderValue::from(allowance.limit),
+        number(Slot::Limit, allowance.limit),
     );
     headers.insert(
         X_RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(allowance.remaining),
+        number(Slot::Remaining, allowance.remaining),
     );
-    headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+    headers.insert(X_RATELIMIT_RESET.clone(), number(Slot::Reset, reset));
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Limit,
+    Remaining,
+    Reset,
+}
+
+thread_local! {
+    /// The last value of each header made on this thread. Between misses every answer repeats
+    /// them (the reset moves once a second), and cloning one (a reference count) costs far
+    /// less than formatting and allocating it anew: three fresh values were ~3% of a cache
+    /// hit's instructions (callgrind).
+    static LAST: RefCell<[Option<(u64, HeaderValue)>; 3]> = const { RefCell::new([None, None, None]) };
+}
+
+/// `n` as a header value, reusing the last one made for `slot` when it is the same number.
+fn number(slot: Slot, n: u64) -> HeaderValue {
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return HeaderValue::from(n);
+        };
+        let kept = &mut last[slot as usize];
+        match kept {
+            Some((value, header)) if *value == n => header.clone(),
+            _ => {
+                let header = HeaderValue::from(n);
+                *kept = Some((n, header.clone()));
+                header
+            }
+        }
+    })
 }
 
 /// Adds the rate-limit headers to every answer to a known caller.
@@ -184,5 +218,24 @@ mod tests {
         };
         write_headers(&mut headers, &past, now + Duration::from_secs(1), wall);
         assert_eq!(headers[&X_RATELIMIT_RESET], "1730239150");
+    }
+
+    #[test]
+    fn a_changed_number_is_written_anew_not_the_last_one_kept() {
+        let now = Instant::now();
+        let mut headers = HeaderMap::new();
+        for remaining in [5, 5, 4, 5, 0] {
+            let allowance = Allowance {
+                limit: 5,
+                remaining,
+                reset: now,
+            };
+            write_headers(&mut headers, &allowance, now, UNIX_EPOCH);
+            assert_eq!(
+                headers[&X_RATELIMIT_REMAINING],
+                remaining.to_string().as_str()
+            );
+            assert_eq!(headers[&X_RATELIMIT_LIMIT], "5");
+        }
     }
 }

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "outcome",
         "access_log",
         "breaker",
+        "gzip",
     ],
     &["caller", "facts"],
     &["config"],

@@ -368,3 +368,63 @@ fn check_refuses_a_token_that_is_not_visible_ascii_and_says_so() {
         assert!(!stderr.contains(token), "{stderr}");
     }
 }
+
+/// The gateway's JSON log lines from start to exit, after one refused request.
+fn lines_of_one_request(name: &str, log_table: &str) -> Vec<serde_json::Value> {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{log_table}\n[upstream]\nbase_url = \"http://127.0.0.1:9\"\ntoken = \"cli-secret-token\"\n[[callers]]\nname = \"billing\"\nkey = \"cli-caller-key\"\n"
+    );
+    let path = temp_config(name, &text);
+    let (mut child, lines) = serving(&path);
+    let started = wait_for_line(&lines, "usage-gateway listening");
+    let addr = started
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .or_else(|| {
+            let line: serde_json::Value = serde_json::from_str(&started).ok()?;
+            line["address"].as_str().map(str::to_owned)
+        })
+        .expect("the gateway logs its address");
+    assert_eq!(status_of(&addr, "not-a-key"), 401);
+    // A graceful stop writes every access line still waiting; the pipe then closes.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let _ = child.0.wait();
+    let mut seen = vec![serde_json::from_str(&started).expect("JSON line")];
+    seen.extend(
+        lines
+            .iter()
+            .map(|line| serde_json::from_str(&line).expect("every line is JSON")),
+    );
+    seen
+}
+
+fn access_lines(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    lines
+        .iter()
+        .filter(|line| line["message"] == "request")
+        .collect()
+}
+
+#[test]
+fn a_request_gets_one_access_line_by_default_and_none_with_access_off() {
+    let on = lines_of_one_request("access-on.toml", "[log]\nformat = \"json\"");
+    let access = access_lines(&on);
+    assert_eq!(access.len(), 1, "{on:?}");
+    assert_eq!(access[0]["status"], 401);
+    assert_eq!(access[0]["route"], "none");
+    assert!(access[0]["request_id"].is_string());
+
+    let off = lines_of_one_request(
+        "access-off.toml",
+        "[log]\nformat = \"json\"\naccess = false",
+    );
+    assert!(access_lines(&off).is_empty(), "{off:?}");
+    // The other lines are still written.
+    assert!(off
+        .iter()
+        .any(|line| line["message"] == "shutting down: readiness is now 503"));
+}

@@ -328,19 +328,17 @@ def contenders_in(recs, scenario):
     return seen
 
 
-def hits_table(recs, cell, title, lines, verdicts):
-    rows = [r for r in recs if r["scenario"] == "hits" and r["cell"] == cell]
-    if not rows:
-        return
-    names = contenders_in(rows, "hits")
+def table_of(rows, scenario, gw, title, lines):
+    """The req/s and latency table of one cell; returns the rows by contender."""
+    names = contenders_in(rows, scenario)
     by = {n: [r for r in rows if r["contender"] == n] for n in names}
-    gw = by.get(GW, [])
-    gw_rps, gw_p99 = med([r["rps"] for r in gw]), med([r["p99"] for r in gw])
-    gw_p50 = med([r["p50"] for r in gw])
+    gw_runs = by.get(gw, [])
+    gw_rps, gw_p99 = med([r["rps"] for r in gw_runs]), med([r["p99"] for r in gw_runs])
+    gw_p50 = med([r["p50"] for r in gw_runs])
     lines.append(f"#### {title}\n")
     lines.append(
-        "| contender | req/s median (min–max) | p50 ms | p99 ms | errors | "
-        "usage-gateway req/s ÷ this | usage-gateway p50 ÷ this | usage-gateway p99 ÷ this |"
+        f"| contender | req/s median (min–max) | p50 ms | p99 ms | errors | "
+        f"{gw} req/s ÷ this | {gw} p50 ÷ this | {gw} p99 ÷ this |"
     )
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in names:
@@ -349,13 +347,47 @@ def hits_table(recs, cell, title, lines, verdicts):
         p50 = [r["p50"] for r in rs]
         p99 = [r["p99"] for r in rs]
         errs = sum(r["non2xx"] + r["socket_errors"] for r in rs)
-        is_gw = n == GW
+        is_gw = n == gw
         lines.append(
             f"| {'**' + n + '**' if is_gw else n} | {spread(rps, 0)} | {spread(p50, 3)} | "
             f"{spread(p99, 3)} | {errs} | {'' if is_gw else ratio(gw_rps, med(rps))} | "
             f"{'' if is_gw else ratio(gw_p50, med(p50))} | {'' if is_gw else ratio(gw_p99, med(p99))} |"
         )
     lines.append("")
+    return by
+
+
+SHIPPED = "usage-gateway-shipped"
+
+
+def shipped_table(recs, cell, title, lines, verdicts):
+    """Issue 14: the gateway as shipped against NGINX with and without its access log."""
+    rows = [r for r in recs if r["scenario"] == "shipped" and r["cell"] == cell]
+    if not rows:
+        return
+    by = table_of(rows, "shipped", SHIPPED, title, lines)
+    if SHIPPED not in by:
+        return
+    rps = lambda n: med([r["rps"] for r in by[n]])  # noqa: E731
+    gw = rps(SHIPPED)
+    quiet = [n for n in by if n.startswith("nginx-") and not n.endswith("-log") and n != "nginx-static"]
+    best = max(quiet, key=rps, default=None)
+    if best:
+        verdicts.append((f"as shipped, {cell}: req/s vs best NGINX without access log ({best})", gw / rps(best), "≥ 1.0"))
+    if "nginx-auto-log" in by:
+        verdicts.append((f"as shipped, {cell}: req/s vs NGINX with its default access log", gw / rps("nginx-auto-log"), "≥ 1.2"))
+    if f"{SHIPPED}-noaccess" in by:
+        verdicts.append((f"as shipped, {cell}: req/s with the access log ÷ without (its cost)", gw / rps(f"{SHIPPED}-noaccess"), "≥ 0.9"))
+
+
+def hits_table(recs, cell, title, lines, verdicts):
+    rows = [r for r in recs if r["scenario"] == "hits" and r["cell"] == cell]
+    if not rows:
+        return
+    by = table_of(rows, "hits", GW, title, lines)
+    names = list(by)
+    gw = by.get(GW, [])
+    gw_rps, gw_p99 = med([r["rps"] for r in gw]), med([r["p99"] for r in gw])
     # issue 5 targets
     if gw:
         nginx = [n for n in names if n.startswith("nginx-") and n != "nginx-static"]
@@ -372,6 +404,45 @@ def hits_table(recs, cell, title, lines, verdicts):
             verdicts.append((f"{cell}: req/s vs Varnish", gw_rps / med([r["rps"] for r in by["varnish"]]), f"≥ {target}"))
         if body == "small" and "nginx-static" in by:
             verdicts.append((f"{cell}: req/s vs static limit", gw_rps / med([r["rps"] for r in by["nginx-static"]]), "≥ 0.8"))
+
+
+def gzip_table(recs, cell, title, lines, verdicts):
+    rows = [r for r in recs if r["scenario"] == "gzip" and r["cell"] == cell]
+    if not rows:
+        return
+    names = contenders_in(rows, "gzip")
+    by = {n: [r for r in rows if r["contender"] == n] for n in names}
+    per_answer = {n: med([r["head_bytes"] + r["body_bytes"] for r in by[n]]) for n in names}
+    gw = by.get(GW, [])
+    gw_rps, gw_p99 = med([r["rps"] for r in gw]), med([r["p99"] for r in gw])
+    lines.append(f"#### {title}\n")
+    lines.append(
+        "| contender | req/s median (min–max) | p50 ms | p99 ms | errors | body bytes | "
+        "bytes/answer (head + body) | usage-gateway req/s ÷ this | usage-gateway p99 ÷ this | "
+        "usage-gateway bytes/answer ÷ this |"
+    )
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in names:
+        rs = by[n]
+        rps = [r["rps"] for r in rs]
+        errs = sum(r["non2xx"] + r["socket_errors"] for r in rs)
+        is_gw = n == GW
+        lines.append(
+            f"| {'**' + n + '**' if is_gw else n} | {spread(rps, 0)} | "
+            f"{spread([r['p50'] for r in rs], 3)} | {spread([r['p99'] for r in rs], 3)} | {errs} | "
+            f"{fmt(med([r['body_bytes'] for r in rs]))} | {fmt(per_answer[n])} | "
+            f"{'' if is_gw else ratio(gw_rps, med(rps))} | "
+            f"{'' if is_gw else ratio(gw_p99, med([r['p99'] for r in rs]))} | "
+            f"{'' if is_gw else ratio(per_answer.get(GW), per_answer[n])} |"
+        )
+    lines.append("")
+    # issue 14 targets: at least Varnish-storing-gzip's req/s, at most 1.1x its bytes per answer
+    if gw and "varnish-gzip" in by:
+        v_rps = med([r["rps"] for r in by["varnish-gzip"]])
+        verdicts.append((f"gzip {cell}: req/s vs Varnish storing gzip", gw_rps / v_rps, "≥ 1.0"))
+        verdicts.append(
+            (f"gzip {cell}: bytes/answer ÷ Varnish storing gzip", per_answer[GW] / per_answer["varnish-gzip"], "≤ 1.1")
+        )
 
 
 def stampede_table(recs, lines, verdicts, latency_ms):
@@ -500,8 +571,20 @@ def cmd_report(args):
     small = meta.get("small_desc", "small")
     large = meta.get("large_desc", "large")
     body = []
+    shipped_cells = [
+        ("small-c32", "0a. As shipped: default configuration (access log on), small body ({small}), wrk -t1 -c32"),
+        ("large-c32", "0b. As shipped: default configuration (access log on), large body ({large}), wrk -t1 -c32"),
+    ]
+    for cell, title in shipped_cells:
+        shipped_table(recs, cell, title.format(small=small, large=large), body, verdicts)
     for cell, title in cells:
         hits_table(recs, cell, title.format(small=small, large=large), body, verdicts)
+    gzip_large = meta.get("gzip_large_desc", "large")
+    for cell, title in (
+        ("small-c32", "6a. Hot hits for gzip callers (Accept-Encoding: gzip), small body ({small}), wrk -t1 -c32"),
+        ("large-c32", "6b. Hot hits for gzip callers (Accept-Encoding: gzip), large body ({large}), wrk -t1 -c32"),
+    ):
+        gzip_table(recs, cell, title.format(small=small, large=gzip_large), body, verdicts)
     if any(r["scenario"] == "stampede" for r in recs):
         body.append(
             f"#### 3. Stampede: {meta.get('stampede_n', 500)} simultaneous requests for one cold key, "
@@ -519,7 +602,7 @@ def cmd_report(args):
         memory_table(recs, body, verdicts)
 
     if verdicts:
-        lines.append("#### usage-gateway against the issue 5 targets\n")
+        lines.append("#### usage-gateway against its targets (issue 5; as shipped: issue 14)\n")
         lines.append("| target | measured | wanted | met |")
         lines.append("| --- | ---: | ---: | :---: |")
         for name, value, target in verdicts:

@@ -18,10 +18,15 @@
 //!   fresh answer or 504); `no-cache` forces a fetch for callers allowed to refresh;
 //! - a caller's upstream quota is charged only when its request starts a fill or a
 //!   background refresh; with the quota spent, a stale answer is served without a refresh;
-//! - hits never wait and never spend budget; memory is bounded by `cache.max_bytes`.
+//! - hits never wait and never spend budget; memory is bounded by `cache.max_bytes`;
+//! - each caller gets the form its `Accept-Encoding` prefers (`negotiate.rs`); an entry holds
+//!   the forms its callers read (gzip as the upstream sent it, or compressed once; the body
+//!   itself as fetched, or decoded once), each made at most once, never per hit; the weigher
+//!   counts every form held (`entry.rs`).
 
 mod entry;
 mod flight;
+mod negotiate;
 mod policy;
 mod shared_fill;
 mod status;
@@ -42,6 +47,7 @@ use tower::{Layer, Service, ServiceExt};
 
 pub use entry::{CacheKey, CachedResponse, CredentialId};
 pub use flight::Flights;
+pub use negotiate::{Accept, Coding};
 pub use policy::{Freshness, RequestDirectives, StaleWindows, TtlPolicy};
 pub use status::{BypassReason, CacheStatus, StaleReason, CACHE_NAME, CACHE_STATUS};
 
@@ -51,6 +57,7 @@ use crate::caller::Admitted;
 use crate::config::CacheConfig;
 use crate::error::{GatewayError, ResponseBody};
 use crate::facts::RequestFacts;
+use crate::gzip;
 use crate::observe::X_REQUEST_ID;
 use crate::outcome::CacheOutcome;
 use crate::query::{FilterKey, Route, UsageQuery};
@@ -84,8 +91,9 @@ pub struct Filled {
 /// Why a fill produced no entry; shared by every request that waited for it.
 #[derive(Debug)]
 pub enum Unfilled {
-    /// The upstream answered, but the answer may not be stored.
-    Bypass(CachedResponse, BypassReason),
+    /// The upstream answered, but the answer may not be stored. Boxed: an entry's once-made
+    /// forms make it several times the size of an error.
+    Bypass(Box<CachedResponse>, BypassReason),
     /// The fetch failed.
     Failed(GatewayError),
 }
@@ -416,6 +424,7 @@ impl CacheLayer {
         facts: Option<&RequestFacts>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let directives = RequestDirectives::from_headers(request.request.headers());
+        let accept = Accept::from_headers(request.request.headers());
         let caller = request.caller.clone();
         let forced = directives.no_cache && caller.policy.allow_refresh;
         let stored = self.store.get(&key).await;
@@ -426,27 +435,38 @@ impl CacheLayer {
 
         if directives.only_if_cached {
             return match (&stored, freshness) {
-                (Some(entry), Freshness::Fresh { left }) => Ok(self.respond_hit(entry, left, now)),
+                (Some(entry), Freshness::Fresh { left }) => {
+                    self.serve(&key, entry, hit(left), accept, now).await
+                }
                 _ => Err(GatewayError::NotCached),
             };
         }
         if !forced {
             match (&stored, freshness) {
                 (Some(entry), Freshness::Fresh { left }) => {
-                    return Ok(self.respond_hit(entry, left, now))
+                    return self.serve(&key, entry, hit(left), accept, now).await
                 }
                 (Some(entry), Freshness::Revalidate { expired }) => {
-                    self.refresh_in_background(inner, key, request);
-                    return Ok(respond_stale(
-                        entry,
-                        expired,
-                        StaleReason::WhileRevalidate,
-                        now,
-                    ));
+                    let status = stale(expired, StaleReason::WhileRevalidate);
+                    let response = self.serve(&key, entry, status, accept, now).await;
+                    // The refresh makes the forms this entry's readers have needed so far.
+                    let forms = Forms {
+                        identity: entry.has_identity(),
+                        gzip: entry.has_gzip(),
+                    };
+                    self.refresh_in_background(inner, key, request, forms);
+                    return response;
                 }
                 _ => {}
             }
         }
+        // A fill makes the form its own caller reads, and those the entry it replaces held.
+        let wanted = accept.choose(true);
+        let forms = Forms {
+            identity: wanted == Coding::Identity
+                || stored.as_ref().is_some_and(|entry| entry.has_identity()),
+            gzip: wanted == Coding::Gzip || stored.as_ref().is_some_and(|entry| entry.has_gzip()),
+        };
 
         if let Some(facts) = facts {
             facts.set_cache(CacheOutcome::Miss);
@@ -460,12 +480,16 @@ impl CacheLayer {
                 .policy
                 .charge_upstream_call()
                 .map_err(|retry_after| GatewayError::CallerQuotaExceeded { retry_after })?;
-            Ok(self.fill(inner, key.clone(), request, forced))
+            Ok(self.fill(inner, key.clone(), request, forced, forms))
         });
         let (fill, led) = match joined {
             Ok(Joined::Led(fill)) => (fill, true),
             Ok(Joined::Followed(fill)) => (fill, false),
-            Err(refused) => return self.stale_or(stored.as_deref(), refused, request_id),
+            Err(refused) => {
+                return self
+                    .stale_or(&key, stored.as_ref(), refused, accept, request_id)
+                    .await
+            }
         };
         let outcome = fill.await;
         let now = Instant::now();
@@ -479,7 +503,7 @@ impl CacheLayer {
                     },
                     (FillSource::SharedAfterWait, _) => CacheStatus::SharedCollapsed,
                 };
-                Ok(entry.to_response(status, now))
+                self.serve(&key, &entry, status, accept, now).await
             }
             Err(unfilled) => match &*unfilled {
                 Unfilled::Bypass(answer, reason) => {
@@ -487,7 +511,9 @@ impl CacheLayer {
                         reason: *reason,
                         collapsed: !led,
                     };
-                    Ok(answer.to_response(status, now))
+                    // Never stored, so never weighed: a form made grows nothing counted.
+                    let prepared = answer.prepare(accept.choose(answer.offers_gzip())).await?;
+                    Ok(answer.to_response(status, now, prepared.coding))
                 }
                 Unfilled::Failed(error) => {
                     // The fill may have left a stale shared entry in memory to stand in.
@@ -496,62 +522,94 @@ impl CacheLayer {
                         None if self.shared.is_some() => self.store.get(&key).await,
                         None => None,
                     };
-                    self.stale_or(stored.as_deref(), error.clone(), request_id)
+                    self.stale_or(&key, stored.as_ref(), error.clone(), accept, request_id)
+                        .await
                 }
             },
         }
     }
 
     /// The stored answer if it may stand in for `error`, else the error.
-    fn stale_or(
+    async fn stale_or(
         &self,
-        stored: Option<&CachedResponse>,
+        key: &CacheKey,
+        stored: Option<&Arc<CachedResponse>>,
         error: GatewayError,
+        accept: Accept,
         request_id: Option<&HeaderValue>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let Some(entry) = stored.filter(|_| error.stale_may_answer()) else {
             return Err(error);
         };
         let now = Instant::now();
-        let stale = self.settings.load().stale;
-        match policy::freshness(entry.fresh_until(), now, &stale) {
+        let stale_windows = self.settings.load().stale;
+        let status = match policy::freshness(entry.fresh_until(), now, &stale_windows) {
             // A forced refresh failed while the stored answer is still fresh.
-            Freshness::Fresh { left } => Ok(self.respond_hit(entry, left, now)),
+            Freshness::Fresh { left } => hit(left),
             Freshness::Revalidate { expired } | Freshness::IfError { expired }
-                if expired < stale.if_error =>
+                if expired < stale_windows.if_error =>
             {
                 tracing::info!(
                     request_id = request_id.and_then(|id| id.to_str().ok()),
                     error = %error,
                     "serving a stale answer instead of an upstream failure"
                 );
-                Ok(respond_stale(entry, expired, StaleReason::IfError, now))
+                stale(expired, StaleReason::IfError)
             }
-            _ => Err(error),
-        }
+            _ => return Err(error),
+        };
+        self.serve(key, entry, status, accept, now).await
     }
 
-    fn respond_hit(
+    /// A stored (or just filled) entry in the form `accept` prefers. The first reader of a
+    /// form the entry does not hold yet makes it (decodes or compresses it, once); the entry,
+    /// grown, is weighed again.
+    async fn serve(
         &self,
-        entry: &CachedResponse,
-        left: Duration,
+        key: &CacheKey,
+        entry: &Arc<CachedResponse>,
+        status: CacheStatus,
+        accept: Accept,
         now: Instant,
-    ) -> Response<ResponseBody> {
-        let status = CacheStatus::Hit {
-            ttl_secs: left.as_secs(),
-        };
-        entry.to_response(status, now)
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let prepared = entry.prepare(accept.choose(entry.offers_gzip())).await?;
+        if prepared.grew {
+            self.reweigh(key, entry).await;
+        }
+        Ok(entry.to_response(status, now, prepared.coding))
+    }
+
+    /// Inserts `grown` again so moka weighs what it holds now, unless a fill or a purge has
+    /// replaced or removed it meanwhile (then there is nothing of it to count).
+    async fn reweigh(&self, key: &CacheKey, grown: &Arc<CachedResponse>) {
+        use moka::ops::compute::Op;
+        self.store
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(current) if Arc::ptr_eq(current.value(), grown) => Op::Put(grown.clone()),
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 
     /// Starts one refresh unless one is in flight; it goes only if budget is free now, and
     /// on failure the stale entry simply stays. Like a miss, the refresh is charged to the
     /// quota of the caller whose request starts it: with that quota spent, no refresh starts
     /// and the stale answer is all the caller gets.
-    fn refresh_in_background<S: Inner>(&self, inner: S, key: CacheKey, mut request: Admitted) {
+    fn refresh_in_background<S: Inner>(
+        &self,
+        inner: S,
+        key: CacheKey,
+        mut request: Admitted,
+        forms: Forms,
+    ) {
         request.background = true;
         let started = self.flights.join_or_start::<Duration>(&key, || {
             request.caller.policy.charge_upstream_call()?;
-            Ok(self.fill(inner, key.clone(), request, false))
+            Ok(self.fill(inner, key.clone(), request, false, forms))
         });
         match started {
             Ok(Joined::Led(_)) => tracing::debug!(
@@ -576,6 +634,7 @@ impl CacheLayer {
         key: CacheKey,
         request: Admitted,
         forced: bool,
+        forms: Forms,
     ) -> futures_util::future::BoxFuture<'static, FillResult> {
         let store = self.store.clone();
         let settings = **self.settings.load();
@@ -584,7 +643,7 @@ impl CacheLayer {
         let shared = self.shared.clone();
         async move {
             let Some(shared) = shared else {
-                let result = fetch(inner, request, max_entry_bytes, fresh_for).await;
+                let result = fetch(inner, request, max_entry_bytes, fresh_for, forms).await;
                 if let Ok(entry) = &result {
                     store.insert(key, entry.clone()).await;
                 }
@@ -614,7 +673,7 @@ impl CacheLayer {
             let result = tier
                 .renewing(
                     lease.as_ref(),
-                    fetch(inner, request, max_entry_bytes, fresh_for),
+                    fetch(inner, request, max_entry_bytes, fresh_for, forms),
                 )
                 .await;
             if let Ok(entry) = &result {
@@ -642,27 +701,42 @@ fn upstream_filled(result: Result<Arc<CachedResponse>, Unfilled>) -> FillResult 
         .map_err(Arc::new)
 }
 
-fn respond_stale(
-    entry: &CachedResponse,
-    expired: Duration,
-    reason: StaleReason,
-    now: Instant,
-) -> Response<ResponseBody> {
+fn hit(left: Duration) -> CacheStatus {
+    CacheStatus::Hit {
+        ttl_secs: left.as_secs(),
+    }
+}
+
+fn stale(expired: Duration, reason: StaleReason) -> CacheStatus {
     // Whole seconds, rounded up: a stale answer never reports ttl=-0.
     let expired_secs = expired.as_secs() + u64::from(expired.subsec_nanos() > 0);
-    let status = CacheStatus::Stale {
+    CacheStatus::Stale {
         expired_secs: expired_secs.max(1),
         reason,
-    };
-    entry.to_response(status, now)
+    }
+}
+
+/// Which forms a fill makes for its entry.
+#[derive(Debug, Clone, Copy)]
+struct Forms {
+    /// Keep the body itself.
+    identity: bool,
+    /// Make the gzip form now (the upstream's, as sent, is kept whatever this says).
+    gzip: bool,
 }
 
 /// Fetches once upstream and decides whether the answer becomes an entry.
+///
+/// A stored answer holds the upstream's gzip bytes as sent, when it sent gzip, and the forms
+/// `forms` asks for (made now, so its caller and waiters never wait for them). An answer that
+/// is not stored is compressed only if the upstream compressed it: it is served once (to its
+/// fill's waiters), so compressing it would cost more than it saves.
 async fn fetch<S>(
     inner: S,
     request: Admitted,
     max_entry_bytes: usize,
     fresh_for: Duration,
+    forms: Forms,
 ) -> Result<Arc<CachedResponse>, Unfilled>
 where
     S: Service<Admitted, Response = Response<ResponseBody>, Error = GatewayError>,
@@ -674,21 +748,47 @@ where
         .await
         .map_err(|never| match never {})?
         .to_bytes();
-    let answer = CachedResponse {
-        status: parts.status,
-        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-        body,
-        stored_at: Instant::now(),
-        fresh_for,
-    };
-    match policy::storable(
+    // The upstream's gzip bytes, as sent, when it sent gzip (only on a validated 200).
+    let as_sent = parts
+        .extensions
+        .get::<gzip::AsSent>()
+        .map(|as_sent| as_sent.0.clone());
+    let verdict = policy::storable(parts.status, &parts.headers, body.len(), max_entry_bytes);
+    let answer = CachedResponse::plain(
         parts.status,
-        &parts.headers,
-        answer.body.len(),
-        max_entry_bytes,
-    ) {
-        Ok(()) => Ok(Arc::new(answer.detached())),
-        Err(reason) => Err(Unfilled::Bypass(answer, reason)),
+        parts.headers.get(CONTENT_TYPE).cloned(),
+        body.clone(),
+        Instant::now(),
+        fresh_for,
+    );
+    match verdict {
+        Ok(()) => {
+            let answer = match as_sent {
+                Some(as_sent) => answer.with_gzip(as_sent, forms.identity),
+                None => {
+                    if forms.gzip {
+                        // Made now; with the body itself kept only if asked for.
+                        answer
+                            .prepare(Coding::Gzip)
+                            .await
+                            .map_err(Unfilled::Failed)?;
+                    }
+                    if forms.identity || !answer.has_gzip() {
+                        answer
+                    } else {
+                        answer.without_identity()
+                    }
+                }
+            };
+            Ok(Arc::new(answer.detached()))
+        }
+        Err(reason) => {
+            let answer = match as_sent {
+                Some(as_sent) => answer.with_gzip(as_sent, true),
+                None => answer.uncompressed(),
+            };
+            Err(Unfilled::Bypass(Box::new(answer), reason))
+        }
     }
 }
 
@@ -698,6 +798,7 @@ mod tests {
     use crate::auth::Callers;
     use crate::caller::Caller;
     use crate::config::{CallerConfig, Secret};
+    use bytes::Bytes;
     use http::Request;
     use sha2::Digest as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -747,6 +848,14 @@ mod tests {
         }
     }
 
+    /// What the test upstream answers: long and repetitive enough for gzip to pay.
+    const ANSWER: &str = concat!(
+        r#"{"usage":["#,
+        r#"{"sim_id":"000000001","bytes":1234},{"sim_id":"000000002","bytes":1234},"#,
+        r#"{"sim_id":"000000003","bytes":1234},{"sim_id":"000000004","bytes":1234},"#,
+        r#"{"sim_id":"000000005","bytes":1234},{"sim_id":"000000006","bytes":1234}]}"#
+    );
+
     /// An upstream that counts calls and answers only when the test releases it.
     fn held_upstream(
         calls: Arc<AtomicUsize>,
@@ -766,7 +875,7 @@ mod tests {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let permit = release.acquire().await.expect("the semaphore stays open");
                 permit.forget();
-                Ok::<_, GatewayError>(Response::new(ResponseBody::from("answer")))
+                Ok::<_, GatewayError>(Response::new(ResponseBody::from(ANSWER)))
             }
         })
     }
@@ -889,6 +998,74 @@ mod tests {
         assert!(hit.headers()[&CACHE_STATUS]
             .to_str()
             .is_ok_and(|s| s.contains("hit")));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    fn accepting(mut admitted: Admitted, accept: Option<&'static str>) -> Admitted {
+        if let Some(accept) = accept {
+            admitted.request.headers_mut().insert(
+                http::header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static(accept),
+            );
+        }
+        admitted
+    }
+
+    async fn body_of(response: Response<ResponseBody>) -> Bytes {
+        let collected = response.into_body().collect().await;
+        collected.unwrap_or_else(|never| match never {}).to_bytes()
+    }
+
+    #[tokio::test]
+    async fn waiters_of_one_fill_each_get_their_form_and_the_grown_entry_is_weighed_again() {
+        let layer = CacheLayer::new(&config(), vec![CredentialId::of(&Secret::new("t"))]);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Semaphore::new(0));
+        let service = ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(held_upstream(calls.clone(), release.clone()));
+        let billing = caller("billing", None);
+        let gzip_caller = request("/usage", &billing);
+        let leader = tokio::spawn(
+            service
+                .clone()
+                .oneshot(accepting(gzip_caller, Some("gzip, deflate"))),
+        );
+        until("the fill to start", || calls.load(Ordering::SeqCst) == 1).await;
+        let identity_caller = accepting(request("/usage", &billing), None);
+        let follower = tokio::spawn(service.clone().oneshot(identity_caller));
+        let key = CacheKey::new(
+            CredentialId::of(&Secret::new("t")),
+            "/usage?limit=1000".into(),
+        );
+        until("the follower to join", || layer.flights.waiting(&key) == 2).await;
+        release.add_permits(1);
+
+        let zipped = leader.await.expect("task").expect("answer");
+        assert_eq!(
+            zipped.headers()[&CACHE_STATUS],
+            "usage-gateway; fwd=miss; stored"
+        );
+        assert_eq!(zipped.headers()[http::header::CONTENT_ENCODING], "gzip");
+        let gzip_form = body_of(zipped).await;
+        assert_eq!(
+            gzip::decode(&gzip_form, 1 << 20).expect("gzip"),
+            ANSWER.as_bytes()
+        );
+        let plain = follower.await.expect("task").expect("answer");
+        assert_eq!(
+            plain.headers()[&CACHE_STATUS],
+            "usage-gateway; fwd=miss; collapsed"
+        );
+        assert!(!plain.headers().contains_key(http::header::CONTENT_ENCODING));
+        assert_eq!(plain.headers()[http::header::VARY], "accept-encoding");
+        assert_eq!(body_of(plain).await, ANSWER.as_bytes());
+        layer.settle().await;
+        assert_eq!(
+            layer.weighted_size() as usize,
+            gzip_form.len() + ANSWER.len() + key.target().len() + entry::ENTRY_OVERHEAD,
+            "both forms are held and counted"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

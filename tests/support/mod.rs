@@ -45,7 +45,7 @@ pub struct Recorded {
 pub struct Reply {
     pub status: StatusCode,
     pub headers: Vec<(&'static str, String)>,
-    pub body: String,
+    pub body: Bytes,
 }
 
 impl Reply {
@@ -53,8 +53,14 @@ impl Reply {
         Reply {
             status: StatusCode::from_u16(status).expect("valid status"),
             headers: vec![("content-type", "application/json; charset=utf-8".into())],
-            body: body.into(),
+            body: Bytes::from(body.into()),
         }
+    }
+
+    /// The same reply with `body` as its bytes (which need not be text: a gzip body).
+    pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = body.into();
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
@@ -204,7 +210,7 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
     let script = state.script.lock().expect("lock").clone();
     let reply = script(&recorded, n);
-    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    let mut response = Response::new(Full::new(reply.body));
     *response.status_mut() = reply.status;
     for (name, value) in reply.headers {
         response

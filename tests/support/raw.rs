@@ -49,9 +49,25 @@ impl RawAnswer {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The body as the client reads it: decoded when it came gzip-encoded (the clients replayed
+    /// here ask for gzip and decode it without their callers seeing it).
+    pub fn content(&self) -> Vec<u8> {
+        if self.header("content-encoding") != Some("gzip") {
+            return self.body.clone();
+        }
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&self.body[..]),
+            &mut decoded,
+        )
+        .expect("a gzip body decodes");
+        decoded
+    }
+
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        let content = self.content();
+        serde_json::from_slice(&content)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&content)))
     }
 }
 
