@@ -5,8 +5,9 @@
 //! Guarantees:
 //! - a serving thread never waits for the output: it appends a finished line to a bounded
 //!   pending buffer (a short lock, no allocation once the buffers have grown) and goes on;
-//! - lines are whole and in the order they were appended; the writer writes everything
-//!   pending in one go, so under load many lines share one `write`;
+//! - lines are whole and in the order they were appended; once a line is pending the writer
+//!   lets more gather for [`GATHER_FOR`] (10 ms) and writes them in one go, so under load
+//!   hundreds of lines share one `write` and one wake-up;
 //! - when the output cannot keep up and the pending buffer is full, the line is dropped and
 //!   counted (`usage_gateway_access_log_dropped_total`) rather than slowing every request;
 //! - the line carries the fields (and the JSON shape) the gateway's tracing-based line had,
@@ -22,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -32,6 +33,13 @@ use crate::sync::lock;
 
 /// Bytes of finished lines that may wait for the writer; past this, lines are dropped.
 pub const PENDING_BYTES: usize = 1 << 20;
+
+/// How long the writer lets lines gather once some are pending: a line reaches stdout within
+/// about this long.
+pub const GATHER_FOR: Duration = Duration::from_millis(10);
+
+/// Pending bytes past which the writer is woken at once rather than at the end of its gather.
+const HIGH_WATER: usize = PENDING_BYTES / 4;
 
 /// Lines dropped because the output could not keep up, for every access log of the process.
 pub static DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -146,11 +154,14 @@ impl AccessLog {
             DROPPED.inc();
             return;
         }
+        let below = pending.lines.len() < HIGH_WATER;
         pending.lines.extend_from_slice(line);
         pending.appended += line.len() as u64;
-        // Waking a thread is a system call: made only when the writer sleeps, so under load
-        // (the writer busy with the previous batch) appending a line costs none.
-        let wake = std::mem::take(&mut pending.writer_asleep);
+        // Waking a thread is a system call: made only for the first line after the writer fell
+        // asleep on an empty buffer, or when the buffer passes its high water, so under load
+        // (the writer gathering or writing) appending a line costs none.
+        let crossed = below && pending.lines.len() >= HIGH_WATER;
+        let wake = std::mem::take(&mut pending.writer_asleep) || crossed;
         drop(pending);
         if wake {
             self.shared.wake.notify_one();
@@ -203,6 +214,21 @@ fn write_until_closed(shared: &Shared, mut output: Box<dyn Write + Send>) {
                     .wake
                     .wait(pending)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            // Lines are coming: let more gather before writing, so that a busy gateway writes
+            // hundreds of lines per system call and its serving threads wake this one once per
+            // `GATHER_FOR` at most, not once per line.
+            let deadline = Instant::now() + GATHER_FOR;
+            while !pending.closed && pending.lines.len() < HIGH_WATER {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                pending = shared
+                    .wake
+                    .wait_timeout(pending, left)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
             }
             // Swapped, not copied: the serving threads append to the buffer written last time.
             std::mem::swap(&mut pending.lines, &mut batch);
