@@ -103,6 +103,11 @@ pub async fn serve(
         None => None,
     };
     let history = tokio::spawn(admin::keep_history(admin));
+    // With `[shared]`, other replicas' purges reach this replica's memory.
+    let following = handles
+        .shared
+        .as_ref()
+        .map(|shared| tokio::spawn(handles.cache.clone().follow_purges(shared.purges().feed())));
     tracing::info!(
         address = %listeners.api.local_addr()?,
         upstream = %config.upstream.base_url,
@@ -122,6 +127,9 @@ pub async fn serve(
     let served = server::serve(listeners.api, service, shutdown, grace, limits).await;
     reloading.abort();
     history.abort();
+    if let Some(following) = following {
+        following.abort();
+    }
     let _ = stop_admin.send(true);
     if let Some(task) = admin_task {
         let _ = task.await;

@@ -606,9 +606,26 @@ struct CommandLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LookupLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CommandFailureLabels {
     command: &'static str,
     reason: &'static str,
+}
+
+/// What the shared tier saved and cost, as the status page shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedTotals {
+    pub hits: u64,
+    /// Lookups of every result: hit, stale, miss, error.
+    pub lookups: u64,
+    pub lock_waits: u64,
+    pub takeovers: u64,
+    pub purges_applied: u64,
+    pub purge_gaps: u64,
 }
 
 /// The shared tier's Redis, as `[shared]` uses it: whether it answers, how long its commands
@@ -619,6 +636,11 @@ pub struct RedisMetrics {
     up: Gauge,
     durations: Family<CommandLabels, Histogram>,
     failures: Family<CommandFailureLabels, Counter>,
+    lookups: Family<LookupLabels, Counter>,
+    lock_waits: Counter,
+    takeovers: Counter,
+    purges_applied: Counter,
+    purge_gaps: Counter,
 }
 
 impl RedisMetrics {
@@ -627,6 +649,11 @@ impl RedisMetrics {
             up: Gauge::default(),
             durations: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             failures: Family::default(),
+            lookups: Family::default(),
+            lock_waits: Counter::default(),
+            takeovers: Counter::default(),
+            purges_applied: Counter::default(),
+            purge_gaps: Counter::default(),
         };
         registry.register(
             "usage_gateway_redis_up",
@@ -643,7 +670,80 @@ impl RedisMetrics {
             "Redis commands that failed, by command and reason (timeout, error, breaker_open)",
             metrics.failures.clone(),
         );
+        registry.register(
+            "usage_gateway_shared_cache_lookups",
+            "Memory misses that asked the shared cache, by result (hit, stale, miss, error)",
+            metrics.lookups.clone(),
+        );
+        registry.register(
+            "usage_gateway_shared_lock_waits",
+            "Misses that waited for another replica's fill of the same question",
+            metrics.lock_waits.clone(),
+        );
+        registry.register(
+            "usage_gateway_shared_lock_takeovers",
+            "Fill locks taken after waiting: the holder gave up, failed or died",
+            metrics.takeovers.clone(),
+        );
+        registry.register(
+            "usage_gateway_shared_purges_applied",
+            "Other replicas' purges applied to this replica's memory",
+            metrics.purges_applied.clone(),
+        );
+        registry.register(
+            "usage_gateway_shared_purge_gaps",
+            "Times the purge stream could not be followed (trimmed, or Redis restarted) and the memory cache was dropped",
+            metrics.purge_gaps.clone(),
+        );
         metrics
+    }
+
+    /// A memory miss asked the shared cache: `result` is `hit`, `stale`, `miss` or `error`.
+    pub fn shared_lookup(&self, result: &'static str) {
+        self.lookups.get_or_create(&LookupLabels { result }).inc();
+    }
+
+    /// A miss waited for another replica's fill.
+    pub fn lock_wait(&self) {
+        self.lock_waits.inc();
+    }
+
+    /// A fill lock was taken over after waiting.
+    pub fn takeover(&self) {
+        self.takeovers.inc();
+    }
+
+    /// Another replica's purge was applied here.
+    pub fn purge_applied(&self) {
+        self.purges_applied.inc();
+    }
+
+    /// The purge stream had a gap: the memory cache was dropped.
+    pub fn purge_gap(&self) {
+        self.purge_gaps.inc();
+    }
+
+    /// What the shared tier did for this replica, for the status page.
+    pub fn shared_totals(&self) -> SharedTotals {
+        // One lookup per statement: a family's read guard held across the next
+        // `get_or_create` (which may write) would deadlock.
+        let count = |result: &'static str| -> u64 {
+            let counter = self.lookups.get_or_create(&LookupLabels { result });
+            counter.get()
+        };
+        let hits = count("hit");
+        let mut lookups = hits;
+        for result in ["stale", "miss", "error"] {
+            lookups += count(result);
+        }
+        SharedTotals {
+            hits,
+            lookups,
+            lock_waits: self.lock_waits.get(),
+            takeovers: self.takeovers.get(),
+            purges_applied: self.purges_applied.get(),
+            purge_gaps: self.purge_gaps.get(),
+        }
     }
 
     pub fn set_up(&self, up: bool) {

@@ -14,6 +14,8 @@ pub enum CacheOutcome {
     StaleWhileRevalidate,
     StaleIfError,
     Bypass,
+    /// A memory miss answered from the shared cache (another replica's fill).
+    SharedHit,
 }
 
 /// Which upstream call a cache outcome saved, for `usage_gateway_upstream_calls_saved`.
@@ -35,13 +37,14 @@ impl Saving {
 }
 
 impl CacheOutcome {
-    pub const ALL: [CacheOutcome; 6] = [
+    pub const ALL: [CacheOutcome; 7] = [
         CacheOutcome::Hit,
         CacheOutcome::Miss,
         CacheOutcome::Collapsed,
         CacheOutcome::StaleWhileRevalidate,
         CacheOutcome::StaleIfError,
         CacheOutcome::Bypass,
+        CacheOutcome::SharedHit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl CacheOutcome {
             CacheOutcome::StaleWhileRevalidate => "stale-while-revalidate",
             CacheOutcome::StaleIfError => "stale-if-error",
             CacheOutcome::Bypass => "bypass",
+            CacheOutcome::SharedHit => "shared-hit",
         }
     }
 
@@ -63,7 +67,7 @@ impl CacheOutcome {
     /// The upstream call this outcome saved, if it saved one.
     pub fn saving(self) -> Option<Saving> {
         match self {
-            CacheOutcome::Hit => Some(Saving::Hit),
+            CacheOutcome::Hit | CacheOutcome::SharedHit => Some(Saving::Hit),
             CacheOutcome::Collapsed => Some(Saving::Collapsed),
             CacheOutcome::StaleWhileRevalidate | CacheOutcome::StaleIfError => Some(Saving::Stale),
             CacheOutcome::Miss | CacheOutcome::Bypass => None,

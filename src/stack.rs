@@ -85,6 +85,11 @@ where
         Duration::from_secs(60),
     ));
     let cache = CacheLayer::new(&config.cache, credentials);
+    // With `[shared]`, memory misses ask the shared cache, and fills and purges are shared.
+    let cache = match &shared {
+        Some(shared) => cache.with_shared(shared.clone()),
+        None => cache,
+    };
     let service = ServiceBuilder::new()
         // Outermost, so the request id, the log line and the metrics cover every answer.
         .layer(ObserveLayer::new(metrics.clone()))

@@ -342,6 +342,8 @@ fn the_example_configs_pass_usage_gateway_check() {
             .args(["check", "--config"])
             .arg(config)
             .env("USAGE_GATEWAY__UPSTREAM__TOKEN_FILE", &token_file)
+            // The Kubernetes base names its Redis through the environment (deployment.yaml).
+            .env("REDIS_URL", "redis://127.0.0.1:6379")
             .output()
             .expect("runs usage-gateway check");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -473,6 +475,71 @@ fn the_compose_simulator_shares_the_gateway_loopback_and_accepts_its_token() {
             .map(|(_, tag)| tag)
             .unwrap_or_default();
         assert!(!tag.is_empty() && tag != "latest", "{image} must be pinned");
+    }
+}
+
+#[test]
+fn compose_and_kubernetes_run_three_replicas_on_one_redis_each_with_the_full_budget() {
+    // Kubernetes: three replicas, a Redis in the base, [shared] naming it, 600 each.
+    let deployment = yaml("kubernetes/deployment.yaml");
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(3));
+    let resources = yaml("kubernetes/kustomization.yaml")["resources"].clone();
+    let resources: Vec<&str> = resources
+        .as_vec()
+        .expect("resources")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(
+        resources.contains(&"redis-deployment.yaml"),
+        "{resources:?}"
+    );
+    assert!(resources.contains(&"redis-service.yaml"), "{resources:?}");
+    let kubernetes: toml::Table = read("kubernetes/gateway.toml").parse().expect("TOML");
+    assert_eq!(
+        kubernetes["shared"]["redis_url_env"].as_str(),
+        Some("REDIS_URL")
+    );
+    assert_eq!(
+        toml_integer(
+            "kubernetes/gateway.toml",
+            "upstream",
+            "rate_limit_per_minute"
+        ),
+        Some(600),
+        "never divided by the replica count"
+    );
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_vec()
+        .expect("env")
+        .clone();
+    assert!(env
+        .iter()
+        .any(|var| var["name"].as_str() == Some("REDIS_URL")));
+
+    // compose: three gateway services, one Redis, all on the first one's loopback.
+    let compose = yaml("compose.yaml");
+    let services = &compose["services"];
+    for replica in ["gateway-2", "gateway-3", "redis", "sim"] {
+        assert_eq!(
+            services[replica]["network_mode"].as_str(),
+            Some("service:gateway"),
+            "{replica}"
+        );
+    }
+    let compose_config: toml::Table = read("compose/gateway.toml").parse().expect("TOML");
+    assert_eq!(
+        compose_config["shared"]["redis_url"].as_str(),
+        Some("redis://127.0.0.1:6379")
+    );
+    assert_eq!(
+        toml_integer("compose/gateway.toml", "upstream", "rate_limit_per_minute"),
+        None,
+        "the default, 600"
+    );
+    let prometheus = read("prometheus/prometheus.yml");
+    for admin in ["gateway:9090", "gateway:9092", "gateway:9093"] {
+        assert!(prometheus.contains(admin), "Prometheus scrapes {admin}");
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use support::redis_server::RedisServer;
 use support::sim::{sim_json, small, start_sim};
 use support::{
-    admin, echo, epoch_secs, get, get_as, FakeUpstream, Gateway, Recorded, Reply, BILLING_KEY,
-    METERED_KEY, ORG_TOKEN,
+    admin, echo, epoch_secs, eventually, get, get_as, metric, FakeUpstream, Gateway, Recorded,
+    Reply, BILLING_KEY, METERED_KEY, ORG_TOKEN,
 };
 use usage_gateway::config::{hash_key, Config};
 
@@ -59,31 +59,6 @@ fn counted(request: &Recorded, n: usize) -> Reply {
         .header("x-ratelimit-limit", "600")
         .header("x-ratelimit-remaining", "500")
         .header("x-ratelimit-reset", (epoch_secs() + 30).to_string())
-}
-
-/// Polls `check` every 20 ms until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The sum of the samples of a metric in the gateway's `/metrics`.
-async fn metric(gateway: &Gateway, name: &str) -> f64 {
-    let text = admin(gateway, "GET", "/metrics", &[]).await.body;
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Whether the gateway's Redis connection failed at least once and answers again since.

@@ -255,6 +255,50 @@ async fn state_lost_means_one_probe_at_a_time_until_the_upstream_says() {
 }
 
 #[tokio::test]
+async fn calls_made_before_redis_lost_its_log_still_count_after_it() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = replica(&redis, 0).budget("default", limits(5, 60_000));
+    let b = replica(&redis, 1).budget("default", limits(5, 60_000));
+    known(&a).await;
+    a.take(None).await.expect("budget");
+    a.take(None).await.expect("budget");
+
+    redis.restart(); // empty: the log of a's 3 calls is gone
+    let probe = poll_grant(&b).await;
+    assert!(probe.probe);
+    b.correct(
+        &probe,
+        Correction {
+            throttled_for: Some(Duration::ZERO),
+            ..Correction::default()
+        },
+    )
+    .await;
+    // a takes nothing, yet puts its calls back within a heartbeat or so.
+    let mut connection = redis.connection();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged: u64 = redis::cmd("ZCARD")
+            .arg("usage-gateway:budget:{default}:log")
+            .query(&mut connection)
+            .expect("ZCARD");
+        if logged == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a's calls are back: {logged}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 5 a minute: a's 3 before the loss, b's probe, and one more.
+    b.take(None).await.expect("the fifth call");
+    assert!(
+        matches!(b.take(None).await, Err(Denied::Budget { .. })),
+        "a sixth call in the same minute"
+    );
+}
+
+#[tokio::test]
 async fn a_probe_that_says_nothing_lets_the_next_probe_go() {
     let Some(redis) = RedisServer::start() else {
         return;

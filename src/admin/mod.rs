@@ -236,12 +236,17 @@ impl Admin {
             Ok(parsed) => parsed,
             Err(invalid) => return GatewayError::InvalidRequest(invalid).to_response(),
         };
-        let purged = self.handles.cache.purge(&selector, hard).await;
-        tracing::info!(?selector, hard, purged, "cache purged");
-        json(
-            StatusCode::OK,
-            serde_json::json!({ "purged": purged, "hard": hard }),
-        )
+        let (purged, propagated) = self.handles.cache.purge_everywhere(&selector, hard).await;
+        tracing::info!(?selector, hard, purged, ?propagated, "cache purged");
+        // `propagated` only with `[shared]`: whether the other replicas (and the shared cache)
+        // were told; `false` means this replica alone was purged.
+        let body = match propagated {
+            None => serde_json::json!({ "purged": purged, "hard": hard }),
+            Some(propagated) => {
+                serde_json::json!({ "purged": purged, "hard": hard, "propagated": propagated })
+            }
+        };
+        json(StatusCode::OK, body)
     }
 }
 

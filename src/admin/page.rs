@@ -92,11 +92,18 @@ fn shared_section(shared: Option<&SharedView>) -> String {
     } else {
         r#"<span class="bad">down</span>: no upstream call goes out (hits and stale answers go on)"#
     };
+    let totals = &shared.totals;
     format!(
-        "<h2>Shared state</h2><table><tr><th>Redis</th><td>{}</td></tr><tr><th>state</th><td>{state}</td></tr><tr><th>key prefix</th><td>{}</td></tr><tr><th>this replica</th><td>{}</td></tr></table>",
+        "<h2>Shared state</h2><table><tr><th>Redis</th><td>{}</td></tr><tr><th>state</th><td>{state}</td></tr><tr><th>key prefix</th><td>{}</td></tr><tr><th>this replica</th><td>{}</td></tr><tr><th>shared-cache hits</th><td>{} of {} lookups</td></tr><tr><th>waits for another replica's fill</th><td>{} ({} taken over)</td></tr><tr><th>other replicas' purges applied</th><td>{} (memory dropped after a gap: {})</td></tr></table>",
         escape(&shared.redis),
         escape(&shared.key_prefix),
-        escape(&shared.instance_id)
+        escape(&shared.instance_id),
+        totals.hits,
+        totals.lookups,
+        totals.lock_waits,
+        totals.takeovers,
+        totals.purges_applied,
+        totals.purge_gaps,
     )
 }
 
@@ -321,12 +328,23 @@ mod tests {
             up: false,
             key_prefix: "usage-gateway".into(),
             instance_id: "pod-1:7:0000abcd".into(),
+            totals: crate::metrics::SharedTotals {
+                hits: 7,
+                lookups: 9,
+                lock_waits: 3,
+                takeovers: 1,
+                purges_applied: 4,
+                purge_gaps: 2,
+            },
         });
         let html = render(&view);
         for expected in [
             "<td>redis://cache.internal:6379</td>",
             "<span class=\"bad\">down</span>",
             "<td>pod-1:7:0000abcd</td>",
+            "<td>7 of 9 lookups</td>",
+            "<td>3 (1 taken over)</td>",
+            "<td>4 (memory dropped after a gap: 2)</td>",
         ] {
             assert!(html.contains(expected), "missing {expected} in {html}");
         }

@@ -25,6 +25,7 @@ use super::status::{CacheStatus, CACHE_STATUS};
 use crate::config::Secret;
 use crate::error::{GatewayError, ResponseBody};
 use crate::gzip;
+use crate::shared::cache::SharedEntry;
 
 /// Fixed bookkeeping per entry, counted so that many tiny entries cannot exceed
 /// `cache.max_bytes` by their overhead alone: the entry itself (its status, headers, instants
@@ -61,6 +62,12 @@ impl CacheKey {
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The whole question, as the shared cache names and checks it: the credential's identity
+    /// and the canonical target.
+    pub fn question(&self) -> String {
+        format!("{:016x} {}", self.credential.0, self.target)
     }
 }
 
@@ -244,6 +251,69 @@ impl CachedResponse {
             },
             ..self
         }
+    }
+
+    /// This answer as the shared cache stores it (`stored_at_ms` is set by Redis): its gzip
+    /// form when it holds one (the smaller, and what most callers take), else its body. The one
+    /// place that reads a stored answer's parts for the shared tier: a change of how answers
+    /// are held here changes this pair, not the shared tier.
+    pub fn to_shared(&self, question: String) -> SharedEntry {
+        let (body, gzip) = match (self.forms.gzip.get(), self.forms.identity.get()) {
+            (Some(Some(gzip)), _) => (gzip.clone(), true),
+            (_, Some(identity)) => (identity.clone(), false),
+            // Unreachable: an entry always holds one form.
+            (_, None) => (Bytes::new(), false),
+        };
+        SharedEntry {
+            stored_at_ms: 0,
+            fresh_for: self.fresh_for,
+            status: self.status.as_u16(),
+            content_type: self
+                .content_type
+                .as_ref()
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            question,
+            body,
+            gzip,
+        }
+    }
+
+    /// The answer `entry` holds, `age` old now: it expires here when it expires in Redis.
+    /// `None` for a status or content type that is not valid. A gzip body becomes the gzip
+    /// form; the plain one is made once, by the first reader that wants it, as for any entry.
+    pub fn from_shared(entry: SharedEntry, age: Duration) -> Option<Self> {
+        let now = Instant::now();
+        // Shortly after boot the monotonic clock cannot go back `age`: keep the absolute
+        // expiry by shortening the freshness instead.
+        let (stored_at, fresh_for) = match now.checked_sub(age) {
+            Some(at) => (at, entry.fresh_for),
+            None => (now, entry.fresh_for.saturating_sub(age)),
+        };
+        let status = StatusCode::from_u16(entry.status).ok()?;
+        let content_type = match entry.content_type {
+            Some(value) => Some(HeaderValue::from_str(&value).ok()?),
+            None => None,
+        };
+        if entry.gzip {
+            return Some(Self {
+                status,
+                content_type,
+                stored_at,
+                fresh_for,
+                forms: Forms {
+                    gzip: OnceCell::new_with(Some(Some(entry.body))),
+                    identity: OnceCell::new(),
+                },
+            });
+        }
+        Some(Self::plain(
+            status,
+            content_type,
+            entry.body,
+            stored_at,
+            fresh_for,
+        ))
     }
 
     /// moka's weigher: every stored form of the body, the key and a fixed overhead,
@@ -440,6 +510,53 @@ mod tests {
         assert!(!buffer.contains(&gzip.as_ptr()));
         let content_type = detached.content_type.as_ref().expect("kept");
         assert!(!buffer.contains(&content_type.as_bytes().as_ptr()));
+    }
+
+    #[tokio::test]
+    async fn an_answer_through_the_shared_cache_keeps_its_parts_and_its_expiry() {
+        let plain = Bytes::from_static(b"{\"usage\":[]}");
+        let answer = CachedResponse::plain(
+            StatusCode::OK,
+            Some(HeaderValue::from_static("application/json; charset=utf-8")),
+            plain.clone(),
+            Instant::now(),
+            Duration::from_secs(60),
+        );
+        let shared = answer.to_shared("q".into());
+        assert_eq!(shared.question, "q");
+        assert!(!shared.gzip);
+        let back = CachedResponse::from_shared(shared, Duration::from_secs(20)).expect("valid");
+        assert_eq!(
+            (&back.status, &back.content_type, back.fresh_for),
+            (&answer.status, &answer.content_type, answer.fresh_for)
+        );
+        assert_eq!(back.forms.identity.get(), Some(&plain));
+        let left = back.fresh_until().saturating_duration_since(Instant::now());
+        assert!(
+            left <= Duration::from_secs(40) && left > Duration::from_secs(39),
+            "{left:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gzip_answer_goes_through_the_shared_cache_as_gzip_and_reads_plain_once() {
+        let plain = Bytes::from(vec![b' '; 4000]);
+        let gzip = gzip::compress(&plain, gzip::STORE_LEVEL);
+        let answer = CachedResponse::plain(
+            StatusCode::OK,
+            None,
+            plain.clone(),
+            Instant::now(),
+            Duration::from_secs(60),
+        )
+        .with_gzip(gzip.clone(), false);
+        let shared = answer.to_shared("q".into());
+        assert!(shared.gzip);
+        assert_eq!(shared.body, gzip);
+        let back = CachedResponse::from_shared(shared, Duration::ZERO).expect("valid");
+        assert!(back.has_gzip() && !back.has_identity());
+        back.prepare(Coding::Identity).await.expect("decodes");
+        assert_eq!(back.forms.identity.get(), Some(&plain));
     }
 
     #[tokio::test]

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use super::entry::{CacheKey, CachedResponse};
-use super::Unfilled;
+use super::entry::CacheKey;
+use super::{Filled, Unfilled};
 use crate::error::GatewayError;
 
 /// What a fill produced, shared by every request that waited for it.
-pub type FillResult = Result<Arc<CachedResponse>, Arc<Unfilled>>;
+pub type FillResult = Result<Filled, Arc<Unfilled>>;
 
 pub type SharedFill = Shared<BoxFuture<'static, FillResult>>;
 

@@ -28,6 +28,7 @@ mod entry;
 mod flight;
 mod negotiate;
 mod policy;
+mod shared_fill;
 mod status;
 
 use std::future::Future;
@@ -60,10 +61,32 @@ use crate::gzip;
 use crate::observe::X_REQUEST_ID;
 use crate::outcome::CacheOutcome;
 use crate::query::{FilterKey, Route, UsageQuery};
+use crate::shared::purge::{Delivery, PurgeFeed};
+use crate::shared::Shared;
+
+use self::shared_fill::{Before, SharedFill};
 
 /// Keys are hashed with foldhash, seeded per process: SipHash, the default, was ~3% of a hit's
 /// instructions; keys come only from authenticated callers' canonical queries.
 type Store = moka::future::Cache<CacheKey, Arc<CachedResponse>, foldhash::quality::RandomState>;
+
+/// Where a fill's entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillSource {
+    /// Fetched upstream by this replica.
+    Upstream,
+    /// Read from the shared cache (`[shared]`).
+    Shared,
+    /// Read from the shared cache after waiting for another replica's fetch.
+    SharedAfterWait,
+}
+
+/// A fill's entry and where it came from; shared by every request that waited for it.
+#[derive(Debug, Clone)]
+pub struct Filled {
+    pub entry: Arc<CachedResponse>,
+    pub source: FillSource,
+}
 
 /// Why a fill produced no entry; shared by every request that waited for it.
 #[derive(Debug)]
@@ -84,6 +107,8 @@ pub struct CacheLayer {
     /// Freshness and stale rules: replaced whole by a reload, read once per request.
     settings: Arc<ArcSwap<Settings>>,
     max_entry_bytes: usize,
+    /// The shared tier (`[shared]`): the shared cache, fill locks and purge fan-out.
+    shared: Option<Shared>,
 }
 
 /// The cache rules a reload may change without losing the entries.
@@ -116,6 +141,46 @@ pub enum PurgeSelector {
 }
 
 impl PurgeSelector {
+    /// The selector's name in the shared purge records and messages.
+    pub fn scope(&self) -> String {
+        match self {
+            PurgeSelector::All => "all".to_owned(),
+            PurgeSelector::Sim(sim) => format!("sim:{sim}"),
+            PurgeSelector::Tag(tag) => format!("tag:{tag}"),
+        }
+    }
+
+    /// The selector a scope names (`None` for anything [`PurgeSelector::scope`] never writes).
+    pub fn from_scope(scope: &str) -> Option<Self> {
+        match scope.split_once(':') {
+            None if scope == "all" => Some(PurgeSelector::All),
+            Some(("sim", sim)) if crate::query::is_sim_ref(sim) => {
+                Some(PurgeSelector::Sim(sim.to_owned()))
+            }
+            Some(("tag", tag)) => crate::query::parse_tag_id(tag).ok().map(PurgeSelector::Tag),
+            _ => None,
+        }
+    }
+
+    /// Every selector that matches `key`: what a purge record must be checked for.
+    fn of(key: &CacheKey) -> Vec<PurgeSelector> {
+        let mut selectors = vec![PurgeSelector::All];
+        let Ok(Some(question)) = UsageQuery::from_target(key.target()) else {
+            return selectors;
+        };
+        match question.route() {
+            Route::UsageBySim(sim) => selectors.push(PurgeSelector::Sim(sim.to_string())),
+            Route::TagTotal(tag) => selectors.push(PurgeSelector::Tag(tag.to_string())),
+            _ => {}
+        }
+        for filter in question.filters() {
+            if filter.key == FilterKey::SimId {
+                selectors.push(PurgeSelector::Sim(filter.value.to_string()));
+            }
+        }
+        selectors
+    }
+
     fn matches(&self, key: &CacheKey) -> bool {
         let Ok(Some(question)) = UsageQuery::from_target(key.target()) else {
             // Every key is a canonical query; an unparsable one is purged, never kept.
@@ -154,6 +219,73 @@ impl CacheLayer {
             credentials: credentials.into(),
             settings,
             max_entry_bytes: config.max_entry_bytes,
+            shared: None,
+        }
+    }
+
+    /// Puts the shared tier behind memory: misses ask it before the upstream, fills are
+    /// collapsed across replicas, purges reach every replica.
+    pub fn with_shared(mut self, shared: Shared) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The longest any entry lives (freshness plus the stale windows): how long a purge
+    /// record matters.
+    fn longest_life(&self) -> Duration {
+        let settings = self.settings.load();
+        settings.ttl.ttl.max(settings.ttl.closed_period_ttl) + settings.stale.keep()
+    }
+
+    /// Purges here, then (with `[shared]`) records the purge for the shared cache and sends
+    /// it to every other replica. Returns how many entries were purged here and, with
+    /// `[shared]`, whether the purge reached Redis (`false`: it applied here only).
+    pub async fn purge_everywhere(
+        &self,
+        selector: &PurgeSelector,
+        hard: bool,
+    ) -> (usize, Option<bool>) {
+        let purged = self.purge(selector, hard).await;
+        let Some(shared) = &self.shared else {
+            return (purged, None);
+        };
+        let published = shared
+            .purges()
+            .publish(&selector.scope(), hard, self.longest_life())
+            .await;
+        if let Err(unavailable) = &published {
+            tracing::warn!(
+                error = %unavailable,
+                "a purge applied to this replica only: Redis did not record it"
+            );
+        }
+        (purged, Some(published.is_ok()))
+    }
+
+    /// Applies other replicas' purges to this replica's memory as the purge stream brings
+    /// them, and drops the whole memory cache after a gap in the stream. Runs until aborted.
+    pub async fn follow_purges(self, mut feed: PurgeFeed) {
+        loop {
+            match feed.next().await {
+                Delivery::Purge { scope, hard } => {
+                    let Some(selector) = PurgeSelector::from_scope(&scope) else {
+                        tracing::debug!("a purge message named no known scope");
+                        continue;
+                    };
+                    let purged = self.purge(&selector, hard).await;
+                    if let Some(shared) = &self.shared {
+                        shared.metrics().purge_applied();
+                    }
+                    tracing::info!(?selector, hard, purged, "purged as another replica asked");
+                }
+                Delivery::Gap => {
+                    self.store.invalidate_all();
+                    self.store.run_pending_tasks().await;
+                    tracing::warn!(
+                        "purge messages may have been missed (Redis restarted, or this replica fell too far behind): memory cache dropped"
+                    );
+                }
+            }
         }
     }
 
@@ -348,7 +480,7 @@ impl CacheLayer {
                 .policy
                 .charge_upstream_call()
                 .map_err(|retry_after| GatewayError::CallerQuotaExceeded { retry_after })?;
-            Ok(self.fill(inner, key.clone(), request, forms))
+            Ok(self.fill(inner, key.clone(), request, forced, forms))
         });
         let (fill, led) = match joined {
             Ok(Joined::Led(fill)) => (fill, true),
@@ -362,11 +494,14 @@ impl CacheLayer {
         let outcome = fill.await;
         let now = Instant::now();
         match outcome {
-            Ok(entry) => {
-                let status = if led {
-                    CacheStatus::Stored
-                } else {
-                    CacheStatus::Collapsed
+            Ok(Filled { entry, source }) => {
+                let status = match (source, led) {
+                    (FillSource::Upstream, true) => CacheStatus::Stored,
+                    (FillSource::Upstream, false) => CacheStatus::Collapsed,
+                    (FillSource::Shared, _) => CacheStatus::SharedHit {
+                        ttl_secs: entry.fresh_until().saturating_duration_since(now).as_secs(),
+                    },
+                    (FillSource::SharedAfterWait, _) => CacheStatus::SharedCollapsed,
                 };
                 self.serve(&key, &entry, status, accept, now).await
             }
@@ -381,6 +516,12 @@ impl CacheLayer {
                     Ok(answer.to_response(status, now, prepared.coding))
                 }
                 Unfilled::Failed(error) => {
+                    // The fill may have left a stale shared entry in memory to stand in.
+                    let stored = match stored {
+                        Some(stored) => Some(stored),
+                        None if self.shared.is_some() => self.store.get(&key).await,
+                        None => None,
+                    };
                     self.stale_or(&key, stored.as_ref(), error.clone(), accept, request_id)
                         .await
                 }
@@ -468,7 +609,7 @@ impl CacheLayer {
         request.background = true;
         let started = self.flights.join_or_start::<Duration>(&key, || {
             request.caller.policy.charge_upstream_call()?;
-            Ok(self.fill(inner, key.clone(), request, forms))
+            Ok(self.fill(inner, key.clone(), request, false, forms))
         });
         match started {
             Ok(Joined::Led(_)) => tracing::debug!(
@@ -483,27 +624,81 @@ impl CacheLayer {
         }
     }
 
-    /// One upstream fetch for `key`, stored if storable. Runs as its own task.
+    /// One upstream fetch for `key`, stored if storable. Runs as its own task. With
+    /// `[shared]` the shared cache is asked first and the fetch holds the question's fill lock
+    /// (`shared_fill.rs`); a `forced` refresh skips the asking, since its caller wants the
+    /// upstream's answer, and stores what it fetched in both tiers.
     fn fill<S: Inner>(
         &self,
         inner: S,
         key: CacheKey,
         request: Admitted,
+        forced: bool,
         forms: Forms,
     ) -> futures_util::future::BoxFuture<'static, FillResult> {
         let store = self.store.clone();
-        let ttl_policy = self.settings.load().ttl;
+        let settings = **self.settings.load();
         let max_entry_bytes = self.max_entry_bytes;
-        let fresh_for = policy::ttl_for(&request.query, OffsetDateTime::now_utc(), &ttl_policy);
+        let fresh_for = policy::ttl_for(&request.query, OffsetDateTime::now_utc(), &settings.ttl);
+        let shared = self.shared.clone();
         async move {
-            let result = fetch(inner, request, max_entry_bytes, fresh_for, forms).await;
+            let Some(shared) = shared else {
+                let result = fetch(inner, request, max_entry_bytes, fresh_for, forms).await;
+                if let Ok(entry) = &result {
+                    store.insert(key, entry.clone()).await;
+                }
+                return upstream_filled(result);
+            };
+            let tier = SharedFill::new(&shared, &key, &store, settings);
+            let (lease, began_ms) = if forced {
+                (None, 0)
+            } else {
+                match tier.before().await {
+                    Before::Answered { entry, waited } => {
+                        let source = if waited {
+                            FillSource::SharedAfterWait
+                        } else {
+                            FillSource::Shared
+                        };
+                        return Ok(Filled { entry, source });
+                    }
+                    Before::TimedOut(waited) => {
+                        return Err(Arc::new(Unfilled::Failed(GatewayError::UpstreamTimeout(
+                            waited,
+                        ))))
+                    }
+                    Before::Fetch { lease, began_ms } => (lease, began_ms),
+                }
+            };
+            let result = tier
+                .renewing(
+                    lease.as_ref(),
+                    fetch(inner, request, max_entry_bytes, fresh_for, forms),
+                )
+                .await;
             if let Ok(entry) = &result {
-                store.insert(key, entry.clone()).await;
+                store.insert(key.clone(), entry.clone()).await;
             }
-            result.map_err(Arc::new)
+            tier.after(
+                result.as_ref().ok().map(|entry| &**entry),
+                lease.as_ref(),
+                began_ms,
+            )
+            .await;
+            upstream_filled(result)
         }
         .boxed()
     }
+}
+
+/// A fetch's outcome as the fill's.
+fn upstream_filled(result: Result<Arc<CachedResponse>, Unfilled>) -> FillResult {
+    result
+        .map(|entry| Filled {
+            entry,
+            source: FillSource::Upstream,
+        })
+        .map_err(Arc::new)
 }
 
 fn hit(left: Duration) -> CacheStatus {
@@ -693,6 +888,46 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[test]
+    fn a_questions_purge_scopes_are_exactly_the_selectors_that_match_it() {
+        let tag = "5f0c7a2e-9b1d-4c3e-8a55-0d2f6b7e1c90";
+        // (question, the scopes a purge record is checked for) — a row per route and filter.
+        let rows: [(&str, &[&str]); 5] = [
+            ("/usage", &["all"]),
+            ("/usage/000000001", &["all", "sim:000000001"]),
+            (
+                "/usage?filter[]=sim_id:000000002&filter[]=sim_id:000000003",
+                &["all", "sim:000000002", "sim:000000003"],
+            ),
+            (
+                &format!("/usage/tag-total/{tag}"),
+                &["all", &format!("tag:{tag}")],
+            ),
+            ("/usage?filter=country_code:dk", &["all"]),
+        ];
+        let credential = CredentialId::of(&Secret::new("t"));
+        for (target, expected) in rows {
+            let query = UsageQuery::from_target(target)
+                .expect("valid")
+                .expect("route");
+            let key = CacheKey::new(credential, query.canonical_shared());
+            let selectors = PurgeSelector::of(&key);
+            let scopes: Vec<String> = selectors.iter().map(PurgeSelector::scope).collect();
+            assert_eq!(scopes, expected, "{target}");
+            for selector in &selectors {
+                // Every scope checked is one a purge of it would match, and names itself.
+                assert!(selector.matches(&key), "{target}: {selector:?}");
+                assert_eq!(
+                    PurgeSelector::from_scope(&selector.scope()).as_ref(),
+                    Some(selector)
+                );
+            }
+        }
+        for bad in ["", "sim:", "sim:1", "tag:x", "everything", "all:"] {
+            assert_eq!(PurgeSelector::from_scope(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

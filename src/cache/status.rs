@@ -62,6 +62,12 @@ pub enum CacheStatus {
         expired_secs: u64,
         reason: StaleReason,
     },
+    /// A memory miss answered from the shared cache, with this many whole seconds of
+    /// freshness left (`[shared]`).
+    SharedHit { ttl_secs: u64 },
+    /// This request waited for another replica's fetch of the same question and was answered
+    /// from the shared cache when it landed (`[shared]`).
+    SharedCollapsed,
     /// This request fetched the answer upstream and stored it.
     Stored,
     /// This request waited for another request's identical fetch and shares its answer.
@@ -86,6 +92,8 @@ impl CacheStatus {
                 reason: StaleReason::IfError,
                 ..
             } => CacheOutcome::StaleIfError,
+            CacheStatus::SharedHit { .. } => CacheOutcome::SharedHit,
+            CacheStatus::SharedCollapsed => CacheOutcome::Collapsed,
             CacheStatus::Stored => CacheOutcome::Miss,
             CacheStatus::Collapsed => CacheOutcome::Collapsed,
             CacheStatus::Bypass { .. } => CacheOutcome::Bypass,
@@ -99,7 +107,10 @@ impl CacheStatus {
 
     /// Answered from storage (so it carries `Age`).
     pub fn from_storage(self) -> bool {
-        matches!(self, CacheStatus::Hit { .. } | CacheStatus::Stale { .. })
+        matches!(
+            self,
+            CacheStatus::Hit { .. } | CacheStatus::Stale { .. } | CacheStatus::SharedHit { .. }
+        )
     }
 
     /// The `Cache-Status` value, as RFC 9211 §2 spells its parameters.
@@ -123,6 +134,12 @@ impl CacheStatus {
                 "{CACHE_NAME}; hit; ttl=-{expired_secs}; detail={}",
                 reason.as_str()
             ),
+            CacheStatus::SharedHit { ttl_secs } => {
+                format!("{CACHE_NAME}; hit; ttl={ttl_secs}; detail=shared")
+            }
+            CacheStatus::SharedCollapsed => {
+                format!("{CACHE_NAME}; fwd=miss; collapsed; detail=shared")
+            }
             CacheStatus::Stored => format!("{CACHE_NAME}; fwd=miss; stored"),
             CacheStatus::Collapsed => format!("{CACHE_NAME}; fwd=miss; collapsed"),
             CacheStatus::Bypass {
@@ -166,6 +183,14 @@ mod tests {
                     reason: StaleReason::IfError,
                 },
                 "usage-gateway; hit; ttl=-120; detail=stale-if-error",
+            ),
+            (
+                CacheStatus::SharedHit { ttl_secs: 7 },
+                "usage-gateway; hit; ttl=7; detail=shared",
+            ),
+            (
+                CacheStatus::SharedCollapsed,
+                "usage-gateway; fwd=miss; collapsed; detail=shared",
             ),
             (CacheStatus::Stored, "usage-gateway; fwd=miss; stored"),
             (CacheStatus::Collapsed, "usage-gateway; fwd=miss; collapsed"),

@@ -66,6 +66,9 @@ pub const DEFAULT_REDIS_COMMAND_TIMEOUT_MS: u64 = 250;
 pub const DEFAULT_HOP_MARGIN_MS: u64 = 1_000;
 pub const DEFAULT_REDIS_BREAKER_FAILURES: u64 = 3;
 pub const DEFAULT_REDIS_BREAKER_COOLDOWN_MS: u64 = 1_000;
+pub const DEFAULT_FILL_LEASE_MS: u64 = 2_000;
+pub const DEFAULT_FILL_WAIT_MS: u64 = 12_000;
+pub const DEFAULT_PURGE_STREAM_LENGTH: u64 = 1_000;
 /// The name `[[callers]] upstream` uses for the `[upstream]` table's own credential.
 pub const DEFAULT_PROFILE: &str = "default";
 
@@ -115,6 +118,15 @@ pub struct SharedConfig {
     pub breaker_failures: u32,
     /// How long the Redis breaker stays open before one command probes.
     pub breaker_cooldown: Duration,
+    /// The lease of a cross-replica fill lock: its holder renews it (every third of it) while
+    /// it fetches; a holder that dies stops renewing and a waiter takes over once it runs out.
+    pub fill_lease: Duration,
+    /// How long a request waits for another replica's fill of the same question before it is
+    /// answered stale or refused, as a request whose fetch timed out.
+    pub fill_wait: Duration,
+    /// About how many purge messages the purge stream keeps (`XADD MAXLEN ~`): a replica that
+    /// falls further behind (or finds Redis restarted) drops its memory cache instead.
+    pub purge_stream_length: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

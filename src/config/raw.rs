@@ -130,6 +130,9 @@ pub(super) struct RawShared {
     pub(super) hop_margin_ms: Option<u64>,
     pub(super) breaker_failures: Option<u64>,
     pub(super) breaker_cooldown_ms: Option<u64>,
+    pub(super) fill_lease_ms: Option<u64>,
+    pub(super) fill_wait_ms: Option<u64>,
+    pub(super) purge_stream_length: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,6 +13,12 @@
 //! - when the state is unknown (first start, or Redis came back empty) one probe call at a time
 //!   goes out until the upstream's headers say where the budget stands (or a whole window has
 //!   passed, when the log has seen every call);
+//! - Redis losing the log does not lose the calls: each replica remembers its own calls of the
+//!   last window and writes them back (`reseed.lua`) as soon as it sees a new gate epoch, on its
+//!   next take or within a heartbeat (a watcher asks for the epoch every [`HEARTBEAT`]), since
+//!   the upstream's `x-ratelimit-remaining` speaks only of its current fixed window. Calls taken
+//!   by another replica before then (at most one heartbeat after the loss, most of it in probe
+//!   mode) may still miss them;
 //! - Redis unreachable, slow or its breaker open: the take fails, and no call goes out.
 //!
 //! What a take returned is kept, so the rate-limit headers and the status page report the
@@ -24,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use super::connection::{Redis, Unavailable};
+use super::connection::{Redis, Unavailable, HEARTBEAT};
 use crate::window::Allowance;
 
 /// How long idle state (the gate) is kept: a day without calls forgets what the upstream said.
@@ -36,6 +42,11 @@ const QUOTA_WINDOW: Duration = Duration::from_secs(60);
 fn take_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(include_str!("take.lua")))
+}
+
+fn reseed_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("reseed.lua")))
 }
 
 fn correct_script() -> &'static Script {
@@ -103,6 +114,31 @@ pub struct SharedBudget {
     last: Mutex<Option<Allowance>>,
     /// Callers' quotas as last reported, by name.
     quotas: Mutex<std::collections::HashMap<Arc<str>, Allowance>>,
+    /// This replica's own calls of the last window, to write back after Redis lost the log.
+    own: Arc<OwnCalls>,
+    /// The watcher of the gate's epoch: it ends with the budget.
+    _watching: Watching,
+}
+
+/// A replica's own recent calls and the gate epoch they were last written under.
+#[derive(Debug, Default)]
+struct OwnCalls {
+    /// (Redis's clock at the take, ms; the call's member), oldest first.
+    calls: Mutex<std::collections::VecDeque<(u64, String)>>,
+    /// The gate's epoch as last seen (`None`: not yet).
+    epoch: Mutex<Option<String>>,
+}
+
+/// Ends the epoch watcher when the budget goes.
+#[derive(Debug)]
+struct Watching(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for SharedBudget {
@@ -136,16 +172,31 @@ impl SharedBudget {
         limits: Limits,
     ) -> Self {
         let base = format!("{prefix}:budget:{{{profile}}}");
+        let log_key = format!("{base}:log");
+        let gate_key = format!("{base}:gate");
+        let own = Arc::new(OwnCalls::default());
+        // Outside a runtime (never in the gateway) there is no watcher, only takes reseed.
+        let watching = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            runtime.spawn(watch_epoch(
+                Arc::downgrade(&own),
+                redis.clone(),
+                log_key.clone(),
+                gate_key.clone(),
+                limits,
+            ))
+        });
         Self {
             redis,
-            log_key: format!("{base}:log"),
-            gate_key: format!("{base}:gate"),
+            log_key,
+            gate_key,
             quota_prefix: format!("{base}:quota:"),
             limits,
             instance,
             calls: AtomicU64::new(0),
             last: Mutex::new(None),
             quotas: Mutex::default(),
+            own,
+            _watching: Watching(watching),
         }
     }
 
@@ -205,6 +256,21 @@ impl SharedBudget {
                 },
         });
         self.remember(budget, quota.zip(quota_allowance), &reason);
+        if self.own.epoch_changed(&epoch) {
+            // Redis lost the log since this replica last looked: put its calls back.
+            reseed(
+                &self.redis,
+                &self.own,
+                &self.log_key,
+                &self.gate_key,
+                limits,
+            )
+            .await;
+        }
+        if granted == 1 {
+            self.own
+                .record(u64::try_from(at).unwrap_or(0), member, limits);
+        }
         if granted != 1 {
             let retry_after = millis(wait).max(Duration::from_millis(1));
             return Err(match reason.as_str() {
@@ -289,6 +355,110 @@ impl SharedBudget {
     /// Whether the shared budget can be reached now (for the status page).
     pub fn reachable(&self) -> bool {
         self.redis.is_up()
+    }
+}
+
+impl OwnCalls {
+    /// Remembers a granted call, and forgets those older than the log keeps.
+    fn record(&self, at_ms: u64, member: String, limits: Limits) {
+        let span = ms(limits.window + limits.hop_margin);
+        let mut calls = crate::sync::lock(&self.calls);
+        while calls
+            .front()
+            .is_some_and(|(at, _)| at.saturating_add(span) <= at_ms)
+        {
+            calls.pop_front();
+        }
+        calls.push_back((at_ms, member));
+    }
+
+    /// Whether `epoch` differs from the one last seen (and remembers it). With none seen yet
+    /// (the first take, or the last reseed found no gate), a change only if this replica has
+    /// calls to put back.
+    fn epoch_changed(&self, epoch: &str) -> bool {
+        let mut known = crate::sync::lock(&self.epoch);
+        let changed = match known.as_deref() {
+            Some(seen) => seen != epoch,
+            None => !crate::sync::lock(&self.calls).is_empty(),
+        };
+        if changed || known.is_none() {
+            *known = Some(epoch.to_owned()).filter(|epoch| !epoch.is_empty());
+        }
+        changed
+    }
+}
+
+/// Writes this replica's recent calls back into the log; a failure (Redis gone again) is
+/// retried at the next change the watcher or a take sees.
+async fn reseed(redis: &Redis, own: &OwnCalls, log_key: &str, gate_key: &str, limits: Limits) {
+    let calls: Vec<(u64, String)> = crate::sync::lock(&own.calls).iter().cloned().collect();
+    if calls.is_empty() {
+        return;
+    }
+    let span = ms(limits.window + limits.hop_margin);
+    let written: Result<(String, u64), Unavailable> = redis
+        .run("budget_reseed", |mut connection| {
+            let mut invocation = reseed_script().prepare_invoke();
+            invocation.key(log_key).key(gate_key).arg(span);
+            for (at, member) in &calls {
+                invocation.arg(*at).arg(member);
+            }
+            async move { invocation.invoke_async(&mut connection).await }
+        })
+        .await;
+    match written {
+        Ok((epoch, written)) => {
+            if written > 0 {
+                tracing::info!(
+                    calls = written,
+                    "Redis had lost the shared budget's log: this replica's calls of the last window are back in it"
+                );
+            }
+            *crate::sync::lock(&own.epoch) = Some(epoch).filter(|epoch| !epoch.is_empty());
+        }
+        Err(_) => {
+            // Look again next time.
+            *crate::sync::lock(&own.epoch) = Some(String::new());
+        }
+    }
+}
+
+/// Every [`HEARTBEAT`], asks for the gate's epoch: a replica that takes nothing still puts its
+/// calls back soon after Redis lost them.
+async fn watch_epoch(
+    own: std::sync::Weak<OwnCalls>,
+    redis: Arc<Redis>,
+    log_key: String,
+    gate_key: String,
+    limits: Limits,
+) {
+    let mut every = tokio::time::interval(HEARTBEAT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(own) = own.upgrade() else {
+            return;
+        };
+        if crate::sync::lock(&own.calls).is_empty() {
+            continue;
+        }
+        let epoch: Result<Option<String>, Unavailable> = redis
+            .run("budget_epoch", |mut connection| {
+                let gate = gate_key.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(gate)
+                        .arg("epoch")
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await;
+        if let Ok(epoch) = epoch {
+            if own.epoch_changed(epoch.as_deref().unwrap_or("")) {
+                reseed(&redis, &own, &log_key, &gate_key, limits).await;
+            }
+        }
     }
 }
 

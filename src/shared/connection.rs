@@ -50,6 +50,9 @@ impl Unavailable {
 /// A replica's Redis: the connection, its bounds, its breaker and its state.
 pub struct Redis {
     manager: ConnectionManager,
+    /// For the connections that cannot share the manager's: a subscription, a blocking read.
+    client: redis::Client,
+    connect_timeout: Duration,
     command_timeout: Duration,
     cooldown: Duration,
     breaker: Breaker,
@@ -90,11 +93,13 @@ impl Redis {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(250));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(invalid)?;
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(invalid)?;
         metrics.set_up(false);
         let redis = Arc::new(Redis {
             manager,
+            client,
+            connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
             cooldown: config.breaker_cooldown,
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
@@ -114,6 +119,17 @@ impl Redis {
     /// Where the URL leads (scheme, host and port or socket), never its credentials.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// A client for a connection of its own (a subscription, a blocking read), and how long
+    /// connecting may take.
+    pub(super) fn client(&self) -> (redis::Client, Duration) {
+        (self.client.clone(), self.connect_timeout)
+    }
+
+    /// The bound on one command.
+    pub(super) fn command_timeout(&self) -> Duration {
+        self.command_timeout
     }
 
     /// The breaker's cooldown: how long to tell a refused caller to wait.

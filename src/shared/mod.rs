@@ -9,10 +9,16 @@
 //! overrun.
 //!
 //! - `connection`: the one Redis connection, its timeouts, breaker and heartbeat;
-//! - `budget`: the shared sliding log per credential profile, and callers' quotas with it.
+//! - `budget`: the shared sliding log per credential profile, and callers' quotas with it;
+//! - `cache`: the shared cache (L2) behind every replica's memory, and its entry encoding;
+//! - `lock`: fill locks with a renewed lease, and the notification of their waiters;
+//! - `purge`: purge records and the purge stream every replica follows.
 
 pub mod budget;
+pub mod cache;
 pub mod connection;
+pub mod lock;
+pub mod purge;
 
 use std::sync::Arc;
 
@@ -20,7 +26,10 @@ use crate::config::SharedConfig;
 use crate::metrics::RedisMetrics;
 
 use self::budget::{Limits, SharedBudget};
+use self::cache::SharedCache;
 use self::connection::Redis;
+use self::lock::{FillLocks, Listening};
+use self::purge::SharedPurges;
 
 /// A replica's handle on the shared tier: cheap to clone.
 #[derive(Debug, Clone)]
@@ -29,6 +38,11 @@ pub struct Shared {
     key_prefix: Arc<str>,
     instance_id: Arc<str>,
     hop_margin: std::time::Duration,
+    cache: SharedCache,
+    purges: SharedPurges,
+    metrics: RedisMetrics,
+    /// The fill channel's subscription: it ends with the last handle.
+    _listening: Arc<Listening>,
 }
 
 /// What the status page shows of the shared tier.
@@ -39,21 +53,60 @@ pub struct SharedView {
     pub up: bool,
     pub key_prefix: String,
     pub instance_id: String,
+    /// What the shared cache, fill locks and purge stream did for this replica.
+    pub totals: crate::metrics::SharedTotals,
 }
 
 impl Shared {
     /// Connects (lazily) to the configured Redis. Must run inside the tokio runtime.
     pub fn new(config: &SharedConfig, metrics: RedisMetrics) -> Result<Shared, std::io::Error> {
+        let redis = Redis::new(config, metrics.clone())?;
+        let key_prefix: Arc<str> = config.key_prefix.as_str().into();
+        let instance_id: Arc<str> = config
+            .instance_id
+            .clone()
+            .unwrap_or_else(default_instance_id)
+            .into();
+        let locks = FillLocks::new(
+            redis.clone(),
+            &key_prefix,
+            instance_id.clone(),
+            config.fill_lease,
+            config.fill_wait,
+        );
+        let (client, connect_timeout) = redis.client();
+        let listening = locks.listen(client, connect_timeout);
         Ok(Shared {
-            redis: Redis::new(config, metrics)?,
-            key_prefix: config.key_prefix.as_str().into(),
-            instance_id: config
-                .instance_id
-                .clone()
-                .unwrap_or_else(default_instance_id)
-                .into(),
+            cache: SharedCache::new(redis.clone(), key_prefix.clone(), locks),
+            purges: SharedPurges::new(
+                redis.clone(),
+                &key_prefix,
+                instance_id.clone(),
+                config.purge_stream_length,
+                metrics.clone(),
+            ),
+            redis,
+            key_prefix,
+            instance_id,
             hop_margin: config.hop_margin,
+            metrics,
+            _listening: Arc::new(listening),
         })
+    }
+
+    /// The shared cache (L2) and its fill locks.
+    pub fn cache(&self) -> &SharedCache {
+        &self.cache
+    }
+
+    /// Purge records and the purge stream.
+    pub fn purges(&self) -> &SharedPurges {
+        &self.purges
+    }
+
+    /// The shared tier's metrics (the cache layer counts its lookups, waits and takeovers).
+    pub fn metrics(&self) -> &RedisMetrics {
+        &self.metrics
     }
 
     /// The shared budget of credential profile `profile`.
@@ -78,6 +131,7 @@ impl Shared {
             up: self.redis.is_up(),
             key_prefix: self.key_prefix.to_string(),
             instance_id: self.instance_id.to_string(),
+            totals: self.metrics.shared_totals(),
         }
     }
 }

@@ -436,6 +436,34 @@ pub async fn get_as(gateway: &Gateway, key: &str, target: &str) -> Answer {
     send(gateway, "GET", target, &[("authorization", &auth)]).await
 }
 
+/// Polls `check` every 20 ms until it holds, for at most `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sum of the samples of a metric in the gateway's `/metrics`.
+pub async fn metric(gateway: &Gateway, name: &str) -> f64 {
+    let text = admin(gateway, "GET", "/metrics", &[]).await.body;
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Seconds since the Unix epoch, for scripting `x-ratelimit-reset`.
 pub fn epoch_secs() -> u64 {
     std::time::SystemTime::now()

@@ -13,7 +13,8 @@ use super::upstream::read_token_file;
 use crate::config::raw::RawShared;
 use crate::config::secret::{RedisUrl, Secret};
 use crate::config::{
-    SharedConfig, DEFAULT_HOP_MARGIN_MS, DEFAULT_KEY_PREFIX, DEFAULT_REDIS_BREAKER_COOLDOWN_MS,
+    SharedConfig, DEFAULT_FILL_LEASE_MS, DEFAULT_FILL_WAIT_MS, DEFAULT_HOP_MARGIN_MS,
+    DEFAULT_KEY_PREFIX, DEFAULT_PURGE_STREAM_LENGTH, DEFAULT_REDIS_BREAKER_COOLDOWN_MS,
     DEFAULT_REDIS_BREAKER_FAILURES, DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
     DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
 };
@@ -85,6 +86,27 @@ pub(super) fn validate(raw: RawShared, problems: &mut Vec<String>) -> Option<Sha
         10,
         600_000,
     );
+    let fill_lease_ms = setting(
+        raw.fill_lease_ms,
+        DEFAULT_FILL_LEASE_MS,
+        "fill_lease_ms",
+        100,
+        600_000,
+    );
+    let fill_wait_ms = setting(
+        raw.fill_wait_ms,
+        DEFAULT_FILL_WAIT_MS,
+        "fill_wait_ms",
+        0,
+        600_000,
+    );
+    let purge_stream_length = setting(
+        raw.purge_stream_length,
+        DEFAULT_PURGE_STREAM_LENGTH,
+        "purge_stream_length",
+        10,
+        1_000_000,
+    );
     Some(SharedConfig {
         redis_url: redis_url?,
         key_prefix,
@@ -94,6 +116,9 @@ pub(super) fn validate(raw: RawShared, problems: &mut Vec<String>) -> Option<Sha
         hop_margin: Duration::from_millis(hop_margin_ms),
         breaker_failures: narrow(breaker_failures),
         breaker_cooldown: Duration::from_millis(breaker_cooldown_ms),
+        fill_lease: Duration::from_millis(fill_lease_ms),
+        fill_wait: Duration::from_millis(fill_wait_ms),
+        purge_stream_length,
     })
 }
 
