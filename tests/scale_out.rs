@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use support::redis_server::RedisServer;
 use support::sim::{sim_json, small, start_sim};
 use support::{
-    admin, echo, epoch_secs, eventually, get, get_as, metric, FakeUpstream, Gateway, Recorded,
-    Reply, BILLING_KEY, METERED_KEY, ORG_TOKEN,
+    admin, counted, epoch_secs, eventually, get, get_as, metric, FakeUpstream, Gateway, Reply,
+    BILLING_KEY, METERED_KEY, ORG_TOKEN,
 };
 use usage_gateway::config::{hash_key, Config};
 
@@ -50,15 +50,6 @@ fn replica(base_url: &str, redis: &RedisServer) -> Config {
         url = redis.url(),
     ))
     .expect("valid replica config")
-}
-
-/// The fake upstream's echo, with the rate-limit headers the real API sends (so probe mode
-/// ends with the first answer).
-fn counted(request: &Recorded, n: usize) -> Reply {
-    echo(request, n)
-        .header("x-ratelimit-limit", "600")
-        .header("x-ratelimit-remaining", "500")
-        .header("x-ratelimit-reset", (epoch_secs() + 30).to_string())
 }
 
 /// Whether the gateway's Redis connection failed at least once and answers again since.

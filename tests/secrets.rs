@@ -2,59 +2,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-
+use support::logs::captured;
 use support::{get, get_as, send, Reply, BILLING_KEY, OPS_KEY, ORG_TOKEN};
-use usage_gateway::access_log::{AccessLog, Format};
 
 const PARTNER_TOKEN: &str = "partner-secret-token-2f8a";
 const PARTNER_KEY: &str = "partner-caller-key-93b0";
-
-/// Everything every subscriber in this test binary writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        // The production JSON format, at the most verbose level.
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .init();
-        // The access log, as `telemetry::init` starts it, into the same capture.
-        let (access_log, guard) =
-            AccessLog::start(Format::Json, Box::new(logs.clone())).expect("access log thread");
-        access_log.install();
-        // Lives as long as the test binary: its lines are read with `flush_access_log`.
-        std::mem::forget(guard);
-        logs
-    })
-}
-
-/// Waits until the access lines of finished requests are in the capture.
-fn flush_access_log() {
-    if let Some(access_log) = usage_gateway::access_log::installed() {
-        access_log.flush(std::time::Duration::from_secs(5));
-    }
-}
 
 fn assert_no_secret(text: &str, place: &str) {
     for secret in [ORG_TOKEN, BILLING_KEY, OPS_KEY, PARTNER_TOKEN, PARTNER_KEY] {
@@ -131,7 +83,6 @@ async fn no_secret_in_any_response_or_log_line() {
     });
     answers.push(get(&gateway, "/usage/000000001").await);
     gateway.stop().await;
-    flush_access_log();
 
     for answer in &answers {
         assert_no_secret(&answer.body, "a response body");
@@ -139,7 +90,7 @@ async fn no_secret_in_any_response_or_log_line() {
             assert_no_secret(value.to_str().unwrap_or_default(), name.as_str());
         }
     }
-    let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("UTF-8 logs");
+    let logs = logs.text();
     assert_no_secret(&logs, "the log");
     // Every line is JSON, and the access lines carry their fields.
     let lines: Vec<serde_json::Value> = logs

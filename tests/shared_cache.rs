@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::redis_server::RedisServer;
 use support::{
-    admin, echo, epoch_secs, eventually, get, metric, send, FakeUpstream, Gateway, Recorded, Reply,
-    BILLING_KEY, ORG_TOKEN,
+    admin, counted, eventually, get, metric, send, FakeUpstream, Gateway, BILLING_KEY, ORG_TOKEN,
 };
 use usage_gateway::cache::{CacheKey, CredentialId};
 use usage_gateway::config::{hash_key, Config, Secret};
@@ -49,15 +48,6 @@ fn replica(base_url: &str, redis: &RedisServer) -> Config {
         url = redis.url(),
     ))
     .expect("valid replica config")
-}
-
-/// The fake upstream's echo, with the rate-limit headers the real API sends (so the shared
-/// budget's probe mode ends with the first answer).
-fn counted(request: &Recorded, n: usize) -> Reply {
-    echo(request, n)
-        .header("x-ratelimit-limit", "600")
-        .header("x-ratelimit-remaining", "500")
-        .header("x-ratelimit-reset", (epoch_secs() + 30).to_string())
 }
 
 async fn replicas(upstream: &FakeUpstream, redis: &RedisServer, n: usize) -> Vec<Gateway> {

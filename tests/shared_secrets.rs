@@ -3,43 +3,14 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
 
+use support::logs::captured;
 use support::process::BIN;
 use support::redis_server::RedisServer;
 use support::{admin, config_with, get, FakeUpstream, Gateway, BILLING_KEY};
 
 const REDIS_PASSWORD: &str = "redis-pw-9c2e71";
-
-/// Everything the subscriber of this test binary writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    })
-}
 
 fn assert_no_password(text: &str, place: &str) {
     assert!(
@@ -102,7 +73,7 @@ async fn the_redis_password_is_never_shown_or_logged() {
     for text in &shown {
         assert_no_password(text, "an answer or admin page");
     }
-    let logs = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("UTF-8 logs");
+    let logs = logs.text();
     assert!(logs.contains("Redis does not answer"), "{logs}");
     assert_no_password(&logs, "the log");
 }

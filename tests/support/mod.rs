@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`, and a small client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod logs;
 pub mod process;
 pub mod raw;
 pub mod redis_server;
@@ -558,4 +559,13 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
         bytes: received,
         closed: read.is_ok(),
     }
+}
+
+/// The fake upstream's echo with the rate-limit headers the real API sends, so that the
+/// shared budget's probe mode ends with the first answer.
+pub fn counted(request: &Recorded, n: usize) -> Reply {
+    echo(request, n)
+        .header("x-ratelimit-limit", "600")
+        .header("x-ratelimit-remaining", "500")
+        .header("x-ratelimit-reset", (epoch_secs() + 30).to_string())
 }
