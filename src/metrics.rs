@@ -854,6 +854,25 @@ mod tests {
     }
 
     #[test]
+    fn a_callers_index_is_the_same_for_its_name_across_loads_and_counts_it() {
+        let metrics = Metrics::new();
+        let first: Arc<str> = "billing".into();
+        let reloaded: Arc<str> = "billing".into();
+        let other: Arc<str> = "ops".into();
+        let index = metrics.caller_index(&first);
+        assert_eq!(metrics.caller_index(&reloaded), index);
+        assert_ne!(metrics.caller_index(&other), index);
+        let mut done = finished("hit", None);
+        done.caller = Some(CallerId {
+            name: &reloaded,
+            index,
+        });
+        metrics.record_request(done);
+        assert_eq!(metrics.callers()[&first].requests, 1);
+        assert_eq!(metrics.callers()[&other].requests, 0);
+    }
+
+    #[test]
     fn upstream_calls_budget_and_breaker_are_exposed_by_profile() {
         let metrics = Metrics::new();
         let profile: Arc<str> = "default".into();
